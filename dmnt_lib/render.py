@@ -1,0 +1,140 @@
+"""Rasterization → UV fragment, texture sampling, and mask/feature rendering.
+
+The **UV fragment** (appendix A.1) is the per-pixel texture coordinate of a rendered mesh:
+PyTorch3D rasterizes one face per pixel (no blur), and the UVs of that face's three corners
+(looked up through ``faces_uvs``, so seams are exact) are interpolated with the rasterizer's
+perspective-correct barycentric weights — the same interpolation ``TexturesUV`` does.
+
+``sample_texture`` is the one way texture is read in this project (DESIGN.md §3): bilinear
+``F.grid_sample(texture, 2*uv - 1, align_corners=False)``, so texel ``(i, j)`` has its centre at
+``u = (j + 0.5)/S_w``, ``v = (i + 0.5)/S_h`` and ``v = 0`` is row 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .camera import _image_hw
+from .mesh import UVMesh
+
+__all__ = ["UVFragment", "rasterize", "uv_fragment", "sample_texture", "render_mask", "render_texture"]
+
+
+@dataclass
+class UVFragment:
+    """Per-pixel rasterization output.
+
+    Attributes:
+        uv: ``(B, H, W, 2)`` float32 texture coordinates ``(u, v)`` in ``[0, 1]``; 0 off the mask.
+        mask: ``(B, H, W)`` bool, pixel covered by the mesh.
+        pix_to_face: ``(B, H, W)`` int64 face index *within the mesh* (``0..F-1``), -1 off the mask.
+        bary: ``(B, H, W, 3)`` float32 perspective-correct barycentric weights; 0 off the mask.
+        zbuf: ``(B, H, W)`` float32 view-space depth; -1 off the mask.
+    """
+
+    uv: torch.Tensor
+    mask: torch.Tensor
+    pix_to_face: torch.Tensor
+    bary: torch.Tensor
+    zbuf: torch.Tensor
+
+
+def _check_mesh_cameras(mesh, cameras) -> int:
+    if not isinstance(mesh, UVMesh):
+        raise TypeError(f"mesh must be a dmnt_lib.mesh.UVMesh, got {type(mesh).__name__}")
+    if not hasattr(cameras, "get_world_to_view_transform"):
+        raise TypeError(f"cameras must be PyTorch3D cameras (see camera.pose_to_cameras), got {type(cameras).__name__}")
+    return len(cameras)
+
+
+def rasterize(mesh: UVMesh, cameras, image_size):
+    """Rasterize ``mesh`` once per camera: PyTorch3D fragments with one face per pixel, no blur.
+
+    Args:
+        mesh: a ``UVMesh`` (one mesh, drawn for every camera).
+        cameras: PyTorch3D cameras, batch ``B`` (``camera.pose_to_cameras``).
+        image_size: ``H`` or ``(H, W)``.
+
+    Returns:
+        PyTorch3D ``Fragments`` (``pix_to_face`` packed over the batch, ``(B, H, W, 1)``).
+    """
+    from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
+
+    b = _check_mesh_cameras(mesh, cameras)
+    h, w = _image_hw(image_size)
+    settings = RasterizationSettings(image_size=(h, w), blur_radius=0.0, faces_per_pixel=1, bin_size=0)
+    meshes = mesh.to(cameras.device).to_meshes(b)
+    return MeshRasterizer(cameras=cameras, raster_settings=settings)(meshes)
+
+
+def uv_fragment(mesh: UVMesh, cameras, image_size) -> UVFragment:
+    """The UV fragment of ``mesh`` seen by each camera.
+
+    Args:
+        mesh: ``UVMesh`` with ``F`` faces.
+        cameras: PyTorch3D cameras, batch ``B``.
+        image_size: ``H`` or ``(H, W)``.
+
+    Returns:
+        ``UVFragment`` with ``uv (B, H, W, 2)``, ``mask (B, H, W)``, ``pix_to_face``, ``bary``, ``zbuf``.
+    """
+    frags = rasterize(mesh, cameras, image_size)
+    n_faces = mesh.num_faces
+    packed = frags.pix_to_face[..., 0]
+    mask = packed >= 0
+    face = torch.where(mask, packed % n_faces, torch.full_like(packed, -1))
+    bary = torch.where(mask[..., None], frags.bary_coords[..., 0, :], torch.zeros_like(frags.bary_coords[..., 0, :]))
+    corner_uvs = mesh.verts_uvs.to(packed.device)[mesh.faces_uvs.to(packed.device)]  # (F, 3, 2)
+    uv = (bary[..., :, None] * corner_uvs[face.clamp(min=0)]).sum(-2)
+    # Perspective-correct barycentrics can leave [0, 1] by a rounding error at face edges.
+    uv = torch.where(mask[..., None], uv.clamp(0, 1), torch.zeros_like(uv))
+    return UVFragment(uv=uv, mask=mask, pix_to_face=face, bary=bary, zbuf=frags.zbuf[..., 0])
+
+
+def sample_texture(texture: torch.Tensor, uv: torch.Tensor, mask: torch.Tensor | None = None, padding_mode: str = "zeros") -> torch.Tensor:
+    """Bilinearly read a texture at per-pixel UVs.
+
+    Exactly ``F.grid_sample(texture, 2*uv - 1, mode="bilinear", padding_mode, align_corners=False)``,
+    then zero where ``mask`` is False.
+
+    Args:
+        texture: ``(B, C, S_h, S_w)`` (or ``(1, C, S_h, S_w)``, broadcast over the batch).
+        uv: ``(B, H, W, 2)`` with ``u`` → column, ``v`` → row.
+        mask: optional ``(B, H, W)`` bool.
+        padding_mode: ``grid_sample``'s; ``"zeros"`` (DESIGN §3) or ``"border"``.
+
+    Returns:
+        ``(B, C, H, W)`` sampled features, differentiable in ``texture`` and ``uv``.
+    """
+    if not torch.is_tensor(texture) or texture.dim() != 4:
+        raise ValueError(f"texture must be a (B, C, S_h, S_w) tensor, got {getattr(texture, 'shape', type(texture))}")
+    if not torch.is_tensor(uv) or uv.dim() != 4 or uv.shape[-1] != 2:
+        raise ValueError(f"uv must be a (B, H, W, 2) tensor, got {getattr(uv, 'shape', type(uv))}")
+    b = uv.shape[0]
+    if texture.shape[0] not in (1, b):
+        raise ValueError(f"texture batch {texture.shape[0]} must be 1 or match uv batch {b}")
+    if mask is not None and mask.shape != uv.shape[:3]:
+        raise ValueError(f"mask must have shape {tuple(uv.shape[:3])}, got {tuple(mask.shape)}")
+    texture = texture.expand(b, -1, -1, -1)
+    out = F.grid_sample(texture, 2 * uv.to(texture.dtype) - 1, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+    if mask is not None:
+        out = out * mask[:, None].to(out.dtype)
+    return out
+
+
+def render_mask(mesh: UVMesh, cameras, image_size) -> torch.Tensor:
+    """Silhouette ``(B, H, W)`` bool: pixels covered by the mesh."""
+    return rasterize(mesh, cameras, image_size).pix_to_face[..., 0] >= 0
+
+
+def render_texture(mesh: UVMesh, texture: torch.Tensor, cameras, image_size) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render a (neural) texture through the mesh: ``(B, C, H, W)`` features and the ``(B, H, W)`` mask.
+
+    Args:
+        texture: ``(1 or B, C, S_h, S_w)``; gradients flow to it.
+    """
+    frag = uv_fragment(mesh, cameras, image_size)
+    return sample_texture(texture, frag.uv, frag.mask), frag.mask
