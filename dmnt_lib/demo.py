@@ -76,11 +76,52 @@ def uv_fragment_figure(path: str | Path, image_size: int = 128) -> Path:
     return save_figure(fig, path, dpi=80)
 
 
+FIGURE1_BLOCK = [[[0.33, 0.22], [0.47, 0.25]], [[0.30, 0.37], [0.49, 0.40]]]  # uv of [[p1, p2], [p4, p3]]
+
+
+def transform_figure(path: str | Path, image_size: int = 128, texture_size: int = 96) -> Path:
+    """Appendix Figure 1 recreated from the code, and the transform at work: a checkerboard texture
+    rendered through a cuboid's UV fragment, transformed back onto the surface with ``image_to_uv``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .transform import image_to_uv
+    from .viz import draw_quad_block
+
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.8), gridspec_kw={"width_ratios": [0.8, 1.2, 1, 1, 1]})
+    draw_quad_block(axes[0], axes[1], FIGURE1_BLOCK, (16, 16), texel="auto")
+    mesh = cuboid_template([1.0, 0.8, 2.2])
+    cams = pose_to_cameras(math.radians(35), math.radians(20), math.radians(5), 5.5, image_size, focal=2.0 * image_size)
+    frag = uv_fragment(mesh, cams, image_size)
+    texture = checkerboard(texture_size, squares=12)
+    image = sample_texture(texture, frag.uv, frag.mask)
+    surface, visible = image_to_uv(image, frag.uv, frag.mask, texture_size)
+    err = (surface - texture).abs().amax(1)[0]
+    axes[2].imshow(torch.where(frag.mask[0, ..., None], image[0].permute(1, 2, 0), torch.ones(3)).clamp(0, 1))
+    axes[2].set_title("image features F = texture seen through uv", fontsize=9)
+    axes[3].imshow(torch.where(visible[0, ..., None], surface[0].permute(1, 2, 0), torch.full((3,), 0.9)).clamp(0, 1))
+    axes[3].set_title(f"image_to_uv(F, uv): {int(visible.sum())} visible texels", fontsize=9)
+    im = axes[4].imshow(torch.where(visible[0], err, torch.nan), cmap="magma", vmin=0, vmax=0.5)
+    axes[4].set_title(f"|surface − texture| on visible texels\n(median {float(err[visible[0]].median()):.3f})", fontsize=9)
+    fig.colorbar(im, ax=axes[4], shrink=0.8)
+    for a in axes[2:]:
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.suptitle("Quad-barycentric image→UV transform (appendix A.1)", fontsize=11)
+    return save_figure(fig, path, dpi=80)
+
+
+def _stage_transform(ctx: DemoContext) -> list[Path]:
+    return [transform_figure(ctx.figures_dir / "transform.png")]
+
+
 def _stage_uv_fragment(ctx: DemoContext) -> list[Path]:
     return [uv_fragment_figure(ctx.figures_dir / "uv_fragment.png")]
 
 
-STAGES = [("uv_fragment", _stage_uv_fragment)]
+STAGES = [("uv_fragment", _stage_uv_fragment), ("transform", _stage_transform)]
 
 
 def run_demo(figures_dir: Path, cache_dir: Path, quick: bool = False, only: list[str] | None = None) -> list[Path]:
