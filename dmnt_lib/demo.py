@@ -117,11 +117,31 @@ def _stage_transform(ctx: DemoContext) -> list[Path]:
     return [transform_figure(ctx.figures_dir / "transform.png")]
 
 
+def _stage_data(ctx: DemoContext) -> list[Path]:
+    from .data.cli import demo as data_demo
+
+    return data_demo(ctx.figures_dir, ctx.cache_dir, ctx.quick)
+
+
+def _stage_deformation(ctx: DemoContext) -> list[Path]:
+    from .data.cli import ensure_dataset
+    from .deform_cli import demo as deform_demo
+
+    # The CAD models of the demo dataset (the data stage made it; this call only reuses it).
+    data_dir = ensure_dataset(ctx.cache_dir / "synthetic_demo", 1 if ctx.quick else 2, progress=False)
+    return deform_demo(ctx.figures_dir, data_dir, ctx.cache_dir, ctx.quick)
+
+
 def _stage_uv_fragment(ctx: DemoContext) -> list[Path]:
     return [uv_fragment_figure(ctx.figures_dir / "uv_fragment.png")]
 
 
-STAGES = [("uv_fragment", _stage_uv_fragment), ("transform", _stage_transform)]
+STAGES = [
+    ("uv_fragment", _stage_uv_fragment),
+    ("transform", _stage_transform),
+    ("data", _stage_data),
+    ("deformation", _stage_deformation),
+]
 
 
 def run_demo(figures_dir: Path, cache_dir: Path, quick: bool = False, only: list[str] | None = None) -> list[Path]:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
+
+from .fileio import atomic_write_text
 
 __all__ = [
     "UVMesh",
@@ -138,22 +139,6 @@ def _check_indices(name: str, idx: torch.Tensor, n: int) -> None:
 
 
 # --------------------------------------------------------------------------- OFF files
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``:
-    an interrupted write never leaves a half file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_off(path: str | os.PathLike, verts: torch.Tensor, faces: torch.Tensor) -> None:

@@ -1,4 +1,5 @@
 import math
+import os
 
 import pytest
 import torch
@@ -112,6 +113,9 @@ def test_off_round_trip(tmp_path):
     assert torch.allclose(verts, mesh.verts, atol=1e-6)
     assert torch.equal(faces, mesh.faces)
     assert not list(path.parent.glob(".*tmp"))  # the atomic write left no temp file
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # same mode as a plain open() would give
 
 
 def test_off_accepts_pascal_variants(tmp_path):
