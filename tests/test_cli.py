@@ -45,3 +45,11 @@ def test_demo_writes_the_uv_fragment_figure(tmp_path):
 def test_demo_rejects_unknown_stage(tmp_path):
     with pytest.raises(ValueError, match="unknown demo stage 'nope'"):
         main(["demo", "--out", str(tmp_path), "--only", "nope"])
+
+
+def test_bench_subcommand_passes_its_options_through(capsys):
+    assert main(["bench", "--sizes", "1x2x8x8x8", "--repeats", "1", "--device", "cpu", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [r for r in (line.split() for line in out.splitlines()) if len(r) > 3 and r[1] == "cpu"]
+    assert {r[0] for r in rows} >= {"reference", "torch", "grid_sample"}
+    assert all(r[2] == "1x2x8x8x8" for r in rows)  # the --sizes option reached the benchmark
