@@ -617,9 +617,12 @@ def test_unavailable_kernel(monkeypatch):
 
 def test_auto_matches_torch():
     features, uv, mask, size = agreement_inputs(seed=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", BackendFallbackWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         auto = image_to_uv(features, uv, mask, size, backend="auto")
+    fell_back = any(issubclass(w.category, BackendFallbackWarning) for w in caught)
+    # "auto" uses the C++ kernel whenever it is available, and says so when it is not.
+    assert fell_back == (_skip_reason("cpp") is not None)
     torch_out = image_to_uv(features, uv, mask, size, backend="torch")
     assert torch.equal(auto[1], torch_out[1]) and torch.allclose(auto[0], torch_out[0], atol=1e-12, rtol=0)
 
@@ -628,3 +631,43 @@ def test_import_is_light():
     """Importing the op never imports PyTorch3D nor loads the kernels package (kernels load lazily)."""
     code = "import dmnt_lib.transform, sys; assert 'pytorch3d' not in sys.modules; assert 'dmnt_lib.cuda' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_float32_tables_are_identical_across_backends(seed):
+    """Every backend decides coverage in float64, so float32 inputs give the same table everywhere."""
+    if _skip_reason("cpp"):
+        pytest.skip(_skip_reason("cpp"))
+    g = torch.Generator().manual_seed(seed)
+    h = w = 24
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    uv = torch.stack([0.1 + 0.8 * xs + 0.03 * torch.sin(5 * ys + seed), 0.1 + 0.8 * ys + 0.03 * torch.cos(4 * xs)], -1)[None]
+    uv = (uv + 1e-4 * torch.rand(uv.shape, generator=g)).float()
+    features = torch.randn(1, 3, h, w, generator=g)
+    mask = torch.ones(1, h, w, dtype=torch.bool)
+    outs = {be: image_to_uv(features, uv, mask, 509, backend=be, return_info=True) for be in ("torch", "cpp")}
+    assert torch.equal(outs["torch"][2].count, outs["cpp"][2].count)
+    assert torch.equal(outs["torch"][1], outs["cpp"][1])
+    assert torch.allclose(outs["torch"][0], outs["cpp"][0], atol=1e-5)
+
+
+def test_double_backward(backend):
+    """The torch backend's backward is differentiable; the kernels refuse double backward loudly."""
+    features, uv, mask, size = agreement_inputs(seed=3)
+    name, dev = KERNEL_BACKENDS[backend]
+    f = features.to(dev).requires_grad_()
+    u = uv.to(dev).requires_grad_()
+    surface, _ = image_to_uv(f, u, mask.to(dev), size, backend=name)
+    (g_uv,) = torch.autograd.grad((surface ** 2).sum(), u, create_graph=True)
+    if name == "torch":
+        (gg,) = torch.autograd.grad(g_uv.pow(2).sum(), f)
+        assert torch.isfinite(gg).all() and gg.abs().sum() > 0
+    else:
+        with pytest.raises(NotImplementedError, match="double backward"):
+            torch.autograd.grad(g_uv.pow(2).sum(), f)
+
+
+def test_oversized_sizes_are_value_errors():
+    features, uv, mask, _ = agreement_inputs(seed=0)
+    with pytest.raises(ValueError, match="texture_size"):
+        image_to_uv(features, uv, mask, (2**16, 2**15))

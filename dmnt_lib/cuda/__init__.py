@@ -36,7 +36,13 @@ def _load(kind: str) -> None:
             raise build.BuildError(f"the CUDA kernel needs the C++ kernel, which failed: {reason}")
     path, loaded_now = build.build_kernel(kind)
     if not loaded_now:
-        torch.ops.load_library(str(path))
+        try:
+            torch.ops.load_library(str(path))
+        except OSError:  # an incompatible or damaged cache entry: drop it and build afresh
+            path.unlink(missing_ok=True)
+            path, loaded_now = build.build_kernel(kind)
+            if not loaded_now:
+                torch.ops.load_library(str(path))
     _PATHS[kind] = path
     if kind == "cpp":
         ops.register()

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import platform
 import time
 from pathlib import Path
 
@@ -30,11 +31,13 @@ import torch
 SOURCE_DIR = Path(__file__).resolve().parent
 CPP_FILES = ("quad_math.h", "quad_checks.h", "quad_transform_cpu.cpp")
 CUDA_FILES = ("quad_math.h", "quad_checks.h", "quad_transform.cu")
-CFLAGS = ["-O3", "-fopenmp", "-Wfatal-errors"]  # at::parallel_for is OpenMP pragmas in headers
+# at::parallel_for is OpenMP pragmas in headers. -ffp-contract=off: GCC fuses a*b+c into FMA by
+# default wherever the target has it (always on aarch64, with -march on x86), which would change
+# the double-precision coverage decisions; without contraction they match CUDA and NumPy bit for bit.
+CFLAGS = ["-O3", "-fopenmp", "-Wfatal-errors", "-ffp-contract=off"]
 LDFLAGS = ["-fopenmp"]
-# --fmad=false: no fused multiply-add, so the double-precision coverage decisions are
-# bit-identical to the host compiler's (x86-64 g++ without -march emits no FMA).
-CUDA_CFLAGS = ["-O3", "--fmad=false", "-lineinfo"]
+# --fmad=false: no fused multiply-add on the device either (see CFLAGS).
+CUDA_CFLAGS = ["-O3", "--fmad=false", "-lineinfo", "-Xcompiler", "-ffp-contract=off"]
 DEFAULT_CUDA_ARCH = "9.0"  # used when no GPU is visible (compile-only check)
 STALE_SECONDS = 30 * 60
 TMP_PREFIX = ".build-"
@@ -92,8 +95,6 @@ def _prepare_cuda_env() -> None:
         os.environ["CUDA_HOME"] = home
     # cpp_extension computed CUDA_HOME when it was imported, possibly before we set it.
     ce.CUDA_HOME = os.environ["CUDA_HOME"]
-    if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH
 
 
 def _ensure_ninja_on_path() -> None:
@@ -109,7 +110,7 @@ def fingerprint(files: dict[str, str], cuda: bool) -> str:
     h = hashlib.sha256()
     for name in sorted(files):
         h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
-    parts = [torch.__version__, str(CFLAGS), str(LDFLAGS), _tool_version(["c++", "--version"])]
+    parts = [torch.__version__, platform.machine(), str(CFLAGS), str(LDFLAGS), _tool_version(["c++", "--version"])]
     if cuda:
         caps = [str(torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())]
         parts += [str(CUDA_CFLAGS), os.environ.get("TORCH_CUDA_ARCH_LIST", ""), ",".join(caps),
@@ -197,8 +198,16 @@ def build_kernel(kind: str, source_dir: Path | None = None, root: Path | None = 
             raise BuildError("this torch build has no CUDA support (torch.version.cuda is None)")
         _prepare_cuda_env()
         files = _read(src, CUDA_FILES)
-        key = fingerprint(files, cuda=True)
-        # The CUDA library only adds CUDA implementations; the schema lives in the C++ one.
-        return build_library("dmnt_quad_cuda", ["// CUDA implementations only"],
-                             [files["quad_transform.cu"]], src, key, root, label="CUDA")
+        # Without a visible GPU torch cannot pick an arch: choose one for this build only.
+        pick_arch = not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST")
+        if pick_arch:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH
+        try:
+            key = fingerprint(files, cuda=True)
+            # The CUDA library only adds CUDA implementations; the schema lives in the C++ one.
+            return build_library("dmnt_quad_cuda", ["// CUDA implementations only"],
+                                 [files["quad_transform.cu"]], src, key, root, label="CUDA")
+        finally:
+            if pick_arch:
+                del os.environ["TORCH_CUDA_ARCH_LIST"]
     raise ValueError(f"kind must be 'cpp' or 'cuda', got {kind!r}")

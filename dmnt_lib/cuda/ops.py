@@ -54,6 +54,12 @@ def _backward(ctx, grad_surface, *unused_grads):
             None, None, None, None, None)
 
 
+def _no_double_backward(ctx, *grads):
+    raise NotImplementedError(
+        "image_to_uv: double backward (create_graph=True through the backward) is not implemented by the "
+        "cpp/cuda kernels; use backend='torch', whose backward is differentiable")
+
+
 def register() -> None:
     """Registers fake kernels and autograd for the loaded ops (idempotent)."""
     global _REGISTERED
@@ -62,4 +68,5 @@ def register() -> None:
     torch.library.register_fake("dmnt::quad_uv_forward")(_forward_fake)
     torch.library.register_fake("dmnt::quad_uv_backward")(_backward_fake)
     torch.library.register_autograd("dmnt::quad_uv_forward", _backward, setup_context=_setup_context)
+    torch.library.register_autograd("dmnt::quad_uv_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None)
     _REGISTERED = True

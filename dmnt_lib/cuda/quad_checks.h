@@ -44,9 +44,9 @@ inline void check_forward_args(const at::Tensor& features, const at::Tensor& uv,
   TORCH_CHECK(seam_threshold >= 0.0, op, ": seam_threshold must be >= 0, got ", seam_threshold);
   // qid and per-batch texel/pixel indices are stored as int32.
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
-  TORCH_CHECK(H * W <= kMax && S_h <= kMax && S_w <= kMax && S_h * S_w <= kMax &&
-                  K <= kMax / (S_h * S_w),
-              op, ": sizes too large for int32 indices (H*W, S_h*S_w*K must be < 2^31)");
+  // The tables themselves are indexed in int64, so K does not enter this limit.
+  TORCH_CHECK(H * W <= kMax && S_h <= kMax && S_w <= kMax && S_h * S_w <= kMax,
+              op, ": sizes too large for int32 indices (H*W and S_h*S_w must be < 2^31)");
 }
 
 // Validates the backward inputs; returns K.
@@ -99,8 +99,7 @@ inline int64_t check_backward_args(const at::Tensor& grad_surface, const at::Ten
                   table_qid.device() == d && table_st.device() == d,
               op, ": all tensors must be on the same device");
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
-  TORCH_CHECK(H * W <= kMax && S_h * S_w <= kMax && K <= kMax / (S_h * S_w), op,
-              ": sizes too large for int32 indices");
+  TORCH_CHECK(H * W <= kMax && S_h * S_w <= kMax, op, ": sizes too large for int32 indices");
   return K;
 }
 

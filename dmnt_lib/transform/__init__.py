@@ -122,6 +122,8 @@ def _validate(features, uv, mask, seam_threshold, max_quads_per_texel, backend) 
         raise TypeError(f"max_quads_per_texel must be an int, got {max_quads_per_texel!r}")
     if max_quads_per_texel < 1:
         raise ValueError(f"max_quads_per_texel must be >= 1, got {max_quads_per_texel}")
+    if h * w >= 2**31:
+        raise ValueError(f"features: H*W must be < 2^31 (int32 pixel indices), got {h}x{w}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     with torch.no_grad():
@@ -184,7 +186,10 @@ def image_to_uv(features, uv, mask, texture_size, seam_threshold=0.2, max_quads_
 
     Backends: ``"torch"`` (vectorized, any device, autograd), ``"cpp"`` (CPU kernel) and ``"cuda"`` (GPU kernel)
     from ``dmnt_lib.cuda``, compiled on first use. ``"auto"`` takes the kernel for the tensors' device if it
-    loads, else falls back to ``"torch"`` with one ``BackendFallbackWarning`` per reason. An explicit
+    loads, else falls back to ``"torch"`` with one ``BackendFallbackWarning`` per reason. The kernels keep
+    a dense table for the backward, ``B*S_h*S_w*K*(4 + 2*itemsize)`` bytes (about 63 MB for B=8, S=256,
+    K=10, float32); the torch backend stores only the entries used. Double backward
+    (``create_graph=True``) is supported by ``"torch"`` only; the kernels raise ``NotImplementedError``. An explicit
     ``"cpp"``/``"cuda"`` on the wrong device raises ``ValueError``; when it cannot load, ``RuntimeError``.
 
     Raises:
@@ -204,6 +209,8 @@ def image_to_uv(features, uv, mask, texture_size, seam_threshold=0.2, max_quads_
         (torch.Size([1, 4, 16, 16]), torch.Size([1, 16, 16]))
     """
     s_h, s_w = _texture_hw(texture_size)
+    if s_h * s_w >= 2**31:
+        raise ValueError(f"texture_size: S_h*S_w must be < 2^31 (int32 texel indices), got {(s_h, s_w)}")
     _validate(features, uv, mask, seam_threshold, max_quads_per_texel, backend)
     chosen = _pick_backend(backend, features.device)
     # Off-mask uv may be anything (NaN included); zero it so no backend ever reads it.

@@ -184,12 +184,14 @@ def image_to_uv_torch(features, uv, mask, s_h: int, s_w: int, seam_threshold: fl
         ``visible (B, S_h, S_w)`` bool, ``count (B, S_h, S_w)`` int32, ``dropped (B,)`` int64.
     """
     n_batch, n_ch, h, w = features.shape
-    table = quad_table_torch(uv.detach(), mask, s_h, s_w, seam_threshold, max_quads)
+    # Geometry (coverage, roots) in float64 whatever the input dtype, as the kernels do, so that
+    # float32 inputs give the same table in every backend; only (s, t) return to the input dtype.
+    table = quad_table_torch(uv.detach().double(), mask, s_h, s_w, seam_threshold, max_quads)
     y, x = table.qid // (w - 1), table.qid % (w - 1)
     p1 = table.batch * (h * w) + y * w + x
     pixels = torch.stack([p1, p1 + 1, p1 + w + 1, p1 + w], dim=1)  # (E, 4) flat pixel of p1..p4
     q = _texel_space(uv, s_h, s_w).reshape(-1, 2)[pixels]
-    s, t = _attach_implicit_grad(q, table.s, table.t)
+    s, t = _attach_implicit_grad(q, table.s.to(q.dtype), table.t.to(q.dtype))
     weights = torch.stack([(1 - s) * (1 - t), s * (1 - t), s * t, (1 - s) * t], dim=1)
     flat_features = features.permute(0, 2, 3, 1).reshape(-1, n_ch)
     values = sum(weights[:, k, None] * flat_features[pixels[:, k]] for k in range(4))
