@@ -1,0 +1,459 @@
+"""Deformable meshes: the MLP, regularizers, soft silhouettes, fitting, checkpoints, latent fitting."""
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from dmnt_lib.camera import pose_to_cameras
+from dmnt_lib.deform import (
+    CADModel,
+    DeformableMesh,
+    DeformationNet,
+    FitConfig,
+    chamfer_distance,
+    edge_length_loss,
+    evaluate,
+    fit_category,
+    fit_latent,
+    hard_silhouette,
+    laplacian_smoothness,
+    load_cad_models,
+    load_checkpoint,
+    make_template,
+    mesh_edges,
+    offset_magnitude,
+    positional_encoding,
+    sample_surface,
+    silhouette_iou,
+    soft_iou_loss,
+    soft_silhouette,
+    view_cameras,
+)
+from dmnt_lib.deform.silhouette import _pixel_centres, _signed_dist2, to_ndc
+from dmnt_lib.mesh import UVMesh, cuboid_template, uv_sphere, write_off
+from dmnt_lib.render import render_mask
+
+# A tiny configuration for the mechanics tests (checkpoints, resume): seconds, not minutes.
+TINY = dict(template_verts=100, hidden=32, depth=3, skip=(1,), num_freqs=2, latent_dim=4, num_samples=200,
+            image_size=32, silhouette_batch=2, eval_samples=300, eval_image_size=32)
+
+
+def _small_net_mesh(template=None, n=3, seed=0):
+    torch.manual_seed(seed)
+    template = template or cuboid_template([1.0, 0.6, 0.8], num_verts=120)
+    return DeformableMesh(template, n, DeformationNet(latent_dim=8, hidden=32, depth=4, skip=(2,), num_freqs=3), seed=seed)
+
+
+def _write_cad_set(root: Path) -> Path:
+    """Three CAD-like closed meshes of one category as .off files: two ellipsoids and a box with a bump."""
+    s = uv_sphere(1.0, 10, 20)
+    write_off(root / "CAD" / "thing" / "01.off", s.verts * torch.tensor([0.5, 0.2, 0.25]), s.faces)
+    write_off(root / "CAD" / "thing" / "02.off", s.verts * torch.tensor([0.35, 0.3, 0.2]), s.faces)
+    b = cuboid_template([0.8, 0.25, 0.4], num_verts=300)
+    v = b.verts.clone()
+    top = (v[:, 1] > v[:, 1].max() - 1e-6) & (v[:, 0].abs() < 0.2)
+    v[top, 1] += 0.15
+    write_off(root / "CAD" / "thing" / "03.off", v, b.faces)
+    return root
+
+
+# --------------------------------------------------------------------------- network
+
+
+def test_positional_encoding_matches_its_formula():
+    x = torch.rand(5, 3, dtype=torch.float64) * 2 - 1
+    enc = positional_encoding(x, 4)
+    assert enc.shape == (5, 3 + 6 * 4)
+    assert torch.equal(enc[:, :3], x)
+    for k in range(4):
+        assert torch.allclose(enc[:, 3 + 3 * k : 6 + 3 * k], torch.sin(2**k * math.pi * x))
+        assert torch.allclose(enc[:, 15 + 3 * k : 18 + 3 * k], torch.cos(2**k * math.pi * x))
+    assert torch.equal(positional_encoding(x, 0), x)
+
+
+def test_default_net_is_the_documented_architecture():
+    net = DeformationNet()
+    assert (net.depth, net.hidden, net.latent_dim, net.num_freqs, net.skip) == (8, 256, 32, 4, (4,))
+    widths = [(l.in_features, l.out_features) for l in net.layers]
+    assert widths[0] == (3 + 24 + 32, 256) and widths[4] == (256 + 59, 256)
+    assert all(w == (256, 256) for i, w in enumerate(widths) if i not in (0, 4))
+    assert (net.out.in_features, net.out.out_features) == (256, 3)
+
+
+def test_zero_initialised_net_is_exactly_the_identity():
+    mesh = _small_net_mesh()
+    for z in (0, 2, torch.randn(8), mesh.mean_code()):
+        assert torch.equal(mesh.deformed_verts(z), mesh.template.verts)
+        assert torch.equal(mesh.deformed(z).verts, mesh.template.verts)
+    assert torch.equal(mesh.deformed_verts(torch.randn(5, 8)), mesh.template.verts.expand(5, -1, -1))
+
+
+def test_latent_codes_are_seeded_small_gaussians():
+    a, b = _small_net_mesh(n=200, seed=3), _small_net_mesh(n=200, seed=3)
+    assert torch.equal(a.latents, b.latents)
+    assert 0.008 < float(a.latents.detach().std()) < 0.012  # N(0, 0.01²), 1600 draws
+    assert not torch.equal(a.latents, _small_net_mesh(n=200, seed=4).latents)
+
+
+def test_gradients_reach_the_latents_and_every_layer():
+    mesh = _small_net_mesh()
+    loss = (mesh.deformed_verts(mesh.latents) ** 2).sum()
+    loss.backward()
+    # At init only the (zero) output layer can receive gradient: everything behind it is gated by it.
+    assert mesh.net.out.weight.grad.abs().sum() > 0
+    assert all(float(l.weight.grad.abs().sum()) == 0 for l in mesh.net.layers)
+    assert float(mesh.latents.grad.abs().sum()) == 0
+    mesh.zero_grad()
+    with torch.no_grad():
+        mesh.net.out.weight.normal_(0, 0.1)
+    (mesh.deformed_verts(mesh.latents) ** 2).sum().backward()
+    for name, p in mesh.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert (mesh.latents.grad.abs().sum(dim=1) > 0).all()  # every model's code
+
+
+def test_offsets_gradcheck_in_z():
+    mesh = _small_net_mesh(cuboid_template([1.0, 0.6, 0.8], num_verts=20)).double()
+    with torch.no_grad():
+        mesh.net.out.weight.normal_(0, 0.1)
+    z = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda c: mesh.offsets(c), (z,), fast_mode=True)
+
+
+def test_deformed_mesh_keeps_topology_uvs_and_seams():
+    mesh = _small_net_mesh()
+    with torch.no_grad():
+        mesh.net.out.weight.normal_(0, 0.1)
+        mesh.net.out.bias.normal_(0, 0.1)
+    t = mesh.template
+    d = mesh.deformed(1)
+    assert isinstance(d, UVMesh)
+    assert d.faces is t.faces and d.verts_uvs is t.verts_uvs and d.faces_uvs is t.faces_uvs
+    assert torch.equal(d.seam_edges(), t.seam_edges())
+    assert d.verts.shape == t.verts.shape and not torch.equal(d.verts, t.verts)
+
+
+def test_net_and_mesh_reject_bad_arguments():
+    with pytest.raises(ValueError, match="hidden"):
+        DeformationNet(hidden=0)
+    with pytest.raises(ValueError, match="skip"):
+        DeformationNet(depth=4, skip=(4,))
+    net = DeformationNet(latent_dim=4, hidden=8, depth=2, skip=(1,), num_freqs=1)
+    with pytest.raises(ValueError, match="points"):
+        net(torch.zeros(5, 2), torch.zeros(4))
+    with pytest.raises(ValueError, match="z must"):
+        net(torch.zeros(5, 3), torch.zeros(3))
+    with pytest.raises(TypeError, match="template"):
+        DeformableMesh(torch.zeros(4, 3), 2, net)
+    mesh = DeformableMesh(cuboid_template([1, 1, 1], num_verts=50), 2, net)
+    with pytest.raises(ValueError, match="num_models"):
+        DeformableMesh(mesh.template, 0, net)
+    with pytest.raises(ValueError, match="model index"):
+        mesh.deformed(2)
+    with pytest.raises(ValueError, match="one code"):
+        mesh.deformed(torch.zeros(3, 4))
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def test_mesh_edges_of_a_closed_mesh_satisfy_euler():
+    t = cuboid_template([1.0, 0.5, 0.7], num_verts=200)
+    e = mesh_edges(t.faces)
+    assert len(e) == t.num_verts + t.num_faces - 2  # V - E + F = 2
+    assert (e[:, 0] < e[:, 1]).all() and len(torch.unique(e, dim=0)) == len(e)
+
+
+def test_sample_surface_lies_on_the_mesh_and_follows_area():
+    # Two coplanar triangles (z = 0), the second with 3x the area; integer coordinates.
+    verts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [2, 0, 0], [5, 0, 0], [2, 1, 0]])
+    faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    p = sample_surface(verts, faces, 20000, torch.Generator().manual_seed(0))
+    assert p.shape == (20000, 3) and torch.equal(p[:, 2], torch.zeros(20000))
+    in_first = p[:, 0] + p[:, 1] <= 1 + 1e-6
+    in_second = (p[:, 0] >= 2 - 1e-6) & (3 * p[:, 1] <= 5 - p[:, 0] + 1e-5)
+    assert (in_first | in_second).all()
+    assert abs(float(in_second.float().mean()) - 0.75) < 0.02
+    # Same seed, translated mesh (exact in floating point): translated points.
+    q = sample_surface(verts + torch.tensor([4.0, -2.0, 1.0]), faces, 20000, torch.Generator().manual_seed(0))
+    assert torch.allclose(q, p + torch.tensor([4.0, -2.0, 1.0]), atol=1e-5)
+
+
+def test_chamfer_matches_brute_force_in_value_and_gradient():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 300, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(2, 200, 3, generator=g, dtype=torch.float64)
+    d = torch.cdist(x, y) ** 2
+    ref = d.min(2).values.mean(1) + d.min(1).values.mean(1)
+    got = chamfer_distance(x, y, chunk=64)
+    assert torch.allclose(got, ref, rtol=1e-10, atol=1e-12)
+    (gx,) = torch.autograd.grad(got.sum(), x)
+    (rx,) = torch.autograd.grad(ref.sum(), x)
+    assert torch.allclose(gx, rx, atol=1e-10)
+    assert torch.equal(chamfer_distance(y, y), torch.zeros(2, dtype=torch.float64))
+
+
+def test_regularizers_identities():
+    t = cuboid_template([1.0, 0.5, 0.7], num_verts=150)
+    e = mesh_edges(t.faces)
+    assert float(laplacian_smoothness(torch.tensor([0.3, -1.0, 2.0]).expand(t.num_verts, 3), e)) == pytest.approx(0.0, abs=1e-12)
+    x = torch.randn(2, t.num_verts, 3, dtype=torch.float64)
+    ref = []
+    for b in range(2):
+        for i in range(t.num_verts):
+            nb = torch.cat([e[e[:, 0] == i, 1], e[e[:, 1] == i, 0]])
+            ref.append(((x[b, i] - x[b, nb].mean(0)) ** 2).sum())
+    assert torch.allclose(laplacian_smoothness(x, e), torch.stack(ref).mean())
+    rot = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64)).Q
+    moved = t.verts.double() @ rot + torch.tensor([0.5, -0.2, 1.0], dtype=torch.float64)
+    assert float(edge_length_loss(moved, t.verts.double(), e)) < 1e-20
+    assert float(edge_length_loss(1.3 * t.verts.double(), t.verts.double(), e)) == pytest.approx(0.09, rel=1e-9)
+    assert torch.allclose(offset_magnitude(x), (x**2).sum(-1).mean())
+
+
+# --------------------------------------------------------------------------- silhouettes
+
+
+def _sphere_cams(size, n=2):
+    return pose_to_cameras(torch.tensor([0.3, 1.2, -2.0])[:n], torch.tensor([0.2, 0.6, -0.3])[:n], 0.1, 3.0, size, focal=1.2 * min(size))
+
+
+@pytest.mark.parametrize("size", [(24, 24), (20, 28), (28, 20)])
+def test_signed_distances_match_pytorch3d_rasterizer(size):
+    from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
+    from pytorch3d.structures import Meshes
+
+    s = uv_sphere(0.8, 8, 12)
+    cams = _sphere_cams(size)
+    raster = MeshRasterizer(cameras=cams, raster_settings=RasterizationSettings(image_size=size, blur_radius=0.01, faces_per_pixel=10, bin_size=0))
+    meshes = Meshes(verts=[s.verts] * 2, faces=[s.faces] * 2)
+    frags = raster(meshes)
+    ndc = to_ndc(s.verts[None].expand(2, -1, -1), cams)
+    assert torch.allclose(ndc, raster.transform(meshes).verts_padded(), atol=1e-6)
+    b, i, j, k = torch.nonzero(frags.pix_to_face >= 0, as_tuple=True)
+    f = frags.pix_to_face[b, i, j, k] % s.num_faces
+    d = _signed_dist2(_pixel_centres(i, j, size[0], size[1], torch.float32), ndc[b[:, None], s.faces[f], :2])
+    assert len(d) > 1000 and (d < 0).any() and (d > 0).any()
+    assert torch.allclose(d, frags.dists[b, i, j, k], atol=1e-6)
+
+
+def test_soft_silhouette_equals_dense_soft_rasterizer_and_gradchecks():
+    s = uv_sphere(0.8, 6, 8)
+    h, w = 14, 18
+    cams = _sphere_cams((h, w))
+    v = s.verts[None].repeat(2, 1, 1).double().requires_grad_()
+    sigma = 0.5
+    got = soft_silhouette(v, s.faces, cams, (h, w), sigma=sigma)
+    ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    dist = _signed_dist2(_pixel_centres(ii, jj, h, w, torch.float64)[None, :, :, None], to_ndc(v.detach(), cams)[:, s.faces, :2][:, None, None])
+    sig_ndc = sigma * (2 / min(h, w)) ** 2
+    prob = torch.sigmoid(-dist / sig_ndc) * (dist < math.log(1e4 - 1) * sig_ndc)
+    assert torch.allclose(got, 1 - (1 - prob).prod(-1), atol=1e-12)
+    soft = (got > 0.01) & (got < 0.99)
+    assert (got > 0.99).any() and soft.sum() > 20  # both the saturated inside and the soft rim are exercised
+    cam0 = _sphere_cams((h, w), n=1)
+    assert torch.autograd.gradcheck(lambda x: soft_silhouette(x, s.faces, cam0, (h, w), sigma=sigma), (v[:1].detach().requires_grad_(),), fast_mode=True)
+
+
+def test_hard_silhouette_equals_render_mask_and_iou_identities():
+    t = cuboid_template([1.0, 0.5, 0.7], num_verts=150)
+    cams = _sphere_cams((32, 32), n=3)
+    hard = hard_silhouette(t.verts[None].expand(3, -1, -1), t.faces, cams, 32)
+    assert torch.equal(hard, render_mask(t, cams, 32))
+    assert torch.equal(silhouette_iou(hard, hard), torch.ones(3))
+    shifted = hard.roll(3, dims=2)
+    inter, union = (hard & shifted).sum((1, 2)).float(), (hard | shifted).sum((1, 2)).float()
+    assert torch.allclose(silhouette_iou(hard, shifted), inter / union)
+    assert torch.allclose(soft_iou_loss(shifted.float(), hard), 1 - (inter / union).mean())
+
+
+def test_silhouette_inputs_are_checked():
+    t = cuboid_template([1.0, 0.5, 0.7], num_verts=50)
+    cams = _sphere_cams((16, 16), n=2)
+    with pytest.raises(ValueError, match="verts"):
+        soft_silhouette(t.verts, t.faces, cams, 16)
+    with pytest.raises(ValueError, match="batch"):
+        soft_silhouette(t.verts[None], t.faces, cams, 16)
+    with pytest.raises(ValueError, match="sigma"):
+        soft_silhouette(t.verts[None].expand(2, -1, -1), t.faces, cams, 16, sigma=0)
+    with pytest.raises(TypeError, match="cameras"):
+        hard_silhouette(t.verts[None], t.faces, "camera", 16)
+    with pytest.raises(TypeError, match="target"):
+        soft_iou_loss(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match="same batch"):
+        chamfer_distance(torch.zeros(2, 5, 3), torch.zeros(3, 5, 3))
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A quick fit of the three-model category (shared by the fitting tests)."""
+    root = _write_cad_set(tmp_path_factory.mktemp("cad"))
+    models = load_cad_models(root, "thing")
+    config = FitConfig.quick(steps=100, image_size=64, silhouette_batch=2)
+    result = fit_category(models, config, progress=False)
+    return models, config, result, evaluate(result.mesh, models, config)
+
+
+@pytest.mark.slow
+def test_fitting_halves_chamfer_and_raises_silhouette_iou(fitted):
+    models, config, result, m = fitted
+    assert [x.name for x in models] == ["01", "02", "03"]
+    for n in range(3):
+        assert m["chamfer_deformed"][n] <= 0.5 * m["chamfer_template"][n]
+        assert m["iou_deformed"][n] > m["iou_template"][n]
+    # The template is the identity deformation: its numbers are the untrained mesh's.
+    fresh = DeformableMesh(result.mesh.template, 3, DeformationNet(config.latent_dim, config.hidden, config.depth, config.skip, config.num_freqs))
+    assert evaluate(fresh, models, config)["chamfer_deformed"] == m["chamfer_template"]
+    h = result.history
+    assert len(h["loss"]) == 100 and h["chamfer"][-1] < h["chamfer"][0]
+    assert result.mesh.deformed(0).faces is result.mesh.template.faces
+
+
+@pytest.mark.slow
+def test_fit_latent_beats_the_mean_code(fitted):
+    models, config, result, _ = fitted
+    mesh = result.mesh
+    before = {k: v.clone() for k, v in mesh.state_dict().items()}
+    radius = float(torch.linalg.vector_norm(mesh.template_verts, dim=1).max())
+    cams = view_cameras([(60.0, 15.0), (150.0, 30.0)], radius, 64)
+    for m in models:
+        target = hard_silhouette(m.verts[None].expand(2, -1, -1), m.faces, cams, 64)
+        fit = fit_latent(mesh, cams, target, steps=40, lr=0.05)
+        assert torch.equal(fit.init, mesh.mean_code())
+        assert fit.iou_fit > fit.iou_init
+        assert fit.history[-1] < fit.history[0]
+    assert all(torch.equal(before[k], v) for k, v in mesh.state_dict().items())
+    assert all(p.requires_grad for p in mesh.parameters())
+
+
+def test_fit_latent_rejects_bad_inputs():
+    mesh = _small_net_mesh()
+    cams = _sphere_cams((16, 16), n=2)
+    good = torch.zeros(2, 16, 16, dtype=torch.bool)
+    good[:, 4:10, 4:10] = True
+    with pytest.raises(TypeError, match="target_mask"):
+        fit_latent(mesh, cams, good.float())
+    with pytest.raises(ValueError, match="cameras"):
+        fit_latent(mesh, cams, good[:1])
+    with pytest.raises(ValueError, match="at least one"):
+        fit_latent(mesh, cams, torch.zeros(2, 16, 16, dtype=torch.bool))
+    with pytest.raises(ValueError, match="init"):
+        fit_latent(mesh, cams, good, init=torch.zeros(3))
+    with pytest.raises(TypeError, match="DeformableMesh"):
+        fit_latent(mesh.net, cams, good)
+
+
+def test_checkpoint_round_trip_is_bitwise(tmp_path):
+    models = load_cad_models(_write_cad_set(tmp_path), "thing")
+    config = FitConfig(steps=4, checkpoint_every=2, **TINY)
+    ckpt = tmp_path / "ck" / "thing.pt"
+    result = fit_category(models, config, checkpoint=ckpt, category="thing", progress=False)
+    loaded, opt_state, category = load_checkpoint(ckpt)
+    assert category == "thing" and loaded.steps == 4 and loaded.names == ["01", "02", "03"] and loaded.config == config
+    a, b = result.mesh.state_dict(), loaded.mesh.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(loaded.mesh.deformed_verts(loaded.mesh.latents), result.mesh.deformed_verts(result.mesh.latents))
+    assert loaded.history == result.history
+    assert all(torch.equal(opt_state["state"][0][k], v) for k, v in opt_state["state"][0].items())
+    assert not list(ckpt.parent.glob("*.tmp"))  # atomic write leaves no temp file
+
+
+def test_interrupted_fit_resumes_to_the_same_result(tmp_path):
+    models = load_cad_models(_write_cad_set(tmp_path), "thing")
+    config = FitConfig(steps=6, checkpoint_every=3, **TINY)
+    straight = fit_category(models, config, progress=False)
+
+    def interrupt(step, losses):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "thing.pt"
+    with pytest.raises(KeyboardInterrupt):
+        fit_category(models, config, checkpoint=ckpt, callback=interrupt, progress=False)
+    assert load_checkpoint(ckpt)[0].steps == 3  # the last checkpoint before the interruption
+    resumed = fit_category(models, config, checkpoint=ckpt, progress=False)
+    assert resumed.steps == 6 and resumed.history == straight.history
+    a, b = straight.mesh.state_dict(), resumed.mesh.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="different config"):
+        fit_category(models, FitConfig(steps=7, checkpoint_every=3, **TINY), checkpoint=ckpt, progress=False)
+    with pytest.raises(ValueError, match="models"):
+        fit_category(models[:2], config, checkpoint=ckpt, progress=False)
+
+
+def test_fitting_inputs_are_checked(tmp_path):
+    with pytest.raises(FileNotFoundError, match="CAD"):
+        load_cad_models(tmp_path, "car")
+    (tmp_path / "CAD" / "car").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=".off"):
+        load_cad_models(tmp_path, "car")
+    with pytest.raises(ValueError, match="steps"):
+        FitConfig(steps=-1)
+    with pytest.raises(ValueError, match="w_edge"):
+        FitConfig(w_edge=float("nan"))
+    with pytest.raises(ValueError, match="views"):
+        FitConfig(views=())
+    with pytest.raises(ValueError, match="cad_models"):
+        fit_category([], FitConfig(**TINY))
+    with pytest.raises(TypeError, match="cad_models"):
+        make_template([torch.zeros(3, 3)])
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="checkpoint"):
+        load_checkpoint(bad)
+
+
+# --------------------------------------------------------------------------- CLI and pictures
+
+
+def test_cli_prints_table_and_final_line(tmp_path, capsys):
+    from dmnt_lib.__main__ import main
+
+    root = _write_cad_set(tmp_path)
+    assert main(["deform", "--data", str(root), "--steps", "2", "--quick", "--checkpoint-dir", str(tmp_path / "ck")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    line = [l for l in out if l.startswith("mean chamfer")]
+    assert len(line) == 1
+    m = re.fullmatch(r"mean chamfer template=(\S+) deformed=(\S+); silhouette IoU template=(\S+) deformed=(\S+)", line[0])
+    assert m, line[0]
+    assert any(l.startswith("thing ") for l in out)
+    assert (tmp_path / "ck" / "thing.pt").is_file()
+
+
+def test_demo_needs_cad_models(tmp_path):
+    from dmnt_lib.deform_cli import demo
+
+    with pytest.raises(FileNotFoundError, match="CAD"):
+        demo(tmp_path / "fig", tmp_path, tmp_path / "cache", quick=True)
+
+
+def test_architecture_figure_is_read_from_the_module():
+    import matplotlib.pyplot as plt
+
+    from dmnt_lib.deform.viz import draw_architecture
+
+    net = DeformationNet(latent_dim=16, hidden=64, depth=5, skip=(2,), num_freqs=3)
+    fig = draw_architecture(net)
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    for layer in net.layers:
+        assert f"{layer.in_features}→{layer.out_features}" in texts
+    assert "64→3" in texts and "R^16" in texts and f"skip: concat [γ(x), z] ({net.in_dim})" in texts
+    plt.close(fig)
+
+
+def test_shade_covers_exactly_the_silhouette():
+    from dmnt_lib.deform.viz import shade
+
+    t = cuboid_template([1.0, 0.5, 0.7], num_verts=150)
+    cams = _sphere_cams((32, 32), n=2)
+    img = shade(t.verts, t.faces, cams, 32)
+    assert torch.equal(~torch.isnan(img), render_mask(t, cams, 32))
+    assert float(img[~torch.isnan(img)].min()) >= 0.15 and float(img[~torch.isnan(img)].max()) <= 1.0
