@@ -65,9 +65,9 @@ def uv_fragment_figure(path: str | Path, image_size: int = 128) -> Path:
         for col, (img, title) in enumerate(panels):
             ax = axes[row, col]
             if img.dim() == 2:
-                ax.imshow(torch.where(frag.mask[0], img, torch.nan), cmap="viridis", vmin=0, vmax=1)
+                ax.imshow(torch.where(frag.mask[0], img, torch.nan).numpy(), cmap="viridis", vmin=0, vmax=1)
             else:
-                ax.imshow(img.clamp(0, 1))
+                ax.imshow(img.clamp(0, 1).numpy())
             ax.set_title(title, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -99,11 +99,11 @@ def transform_figure(path: str | Path, image_size: int = 128, texture_size: int 
     image = sample_texture(texture, frag.uv, frag.mask)
     surface, visible = image_to_uv(image, frag.uv, frag.mask, texture_size)
     err = (surface - texture).abs().amax(1)[0]
-    axes[2].imshow(torch.where(frag.mask[0, ..., None], image[0].permute(1, 2, 0), torch.ones(3)).clamp(0, 1))
+    axes[2].imshow(torch.where(frag.mask[0, ..., None], image[0].permute(1, 2, 0), torch.ones(3)).clamp(0, 1).numpy())
     axes[2].set_title("image features F = texture seen through uv", fontsize=9)
-    axes[3].imshow(torch.where(visible[0, ..., None], surface[0].permute(1, 2, 0), torch.full((3,), 0.9)).clamp(0, 1))
+    axes[3].imshow(torch.where(visible[0, ..., None], surface[0].permute(1, 2, 0), torch.full((3,), 0.9)).clamp(0, 1).numpy())
     axes[3].set_title(f"image_to_uv(F, uv): {int(visible.sum())} visible texels", fontsize=9)
-    im = axes[4].imshow(torch.where(visible[0], err, torch.nan), cmap="magma", vmin=0, vmax=0.5)
+    im = axes[4].imshow(torch.where(visible[0], err, torch.nan).numpy(), cmap="magma", vmin=0, vmax=0.5)
     axes[4].set_title(f"|surface − texture| on visible texels\n(median {float(err[visible[0]].median()):.3f})", fontsize=9)
     fig.colorbar(im, ax=axes[4], shrink=0.8)
     for a in axes[2:]:

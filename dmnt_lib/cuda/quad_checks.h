@@ -14,10 +14,8 @@ inline void check_device_contig(const at::Tensor& t, const char* name, c10::Devi
   TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
-inline void check_forward_args(const at::Tensor& features, const at::Tensor& uv,
-                               const at::Tensor& mask, int64_t S_h, int64_t S_w,
-                               double seam_threshold, int64_t K, c10::DeviceType dev) {
-  const char* op = "dmnt::quad_uv_forward";
+// Checks shared by both ops: features (B,C,H,W) float32/64 with positive sizes, uv (B,H,W,2).
+inline void check_features_uv(const at::Tensor& features, const at::Tensor& uv, const char* op) {
   TORCH_CHECK(features.dim() == 4, op, ": features must be 4-D (B,C,H,W), got shape ",
               features.sizes());
   TORCH_CHECK(features.scalar_type() == at::kFloat || features.scalar_type() == at::kDouble, op,
@@ -29,6 +27,14 @@ inline void check_forward_args(const at::Tensor& features, const at::Tensor& uv,
   TORCH_CHECK(uv.dim() == 4 && uv.size(0) == B && uv.size(1) == H && uv.size(2) == W &&
                   uv.size(3) == 2,
               op, ": uv must have shape (B,H,W,2) = (", B, ",", H, ",", W, ",2), got ", uv.sizes());
+}
+
+inline void check_forward_args(const at::Tensor& features, const at::Tensor& uv,
+                               const at::Tensor& mask, int64_t S_h, int64_t S_w,
+                               double seam_threshold, int64_t K, c10::DeviceType dev) {
+  const char* op = "dmnt::quad_uv_forward";
+  check_features_uv(features, uv, op);
+  const int64_t B = features.size(0), H = features.size(2), W = features.size(3);
   TORCH_CHECK(uv.scalar_type() == features.scalar_type(), op, ": uv dtype ", uv.scalar_type(),
               " must equal features dtype ", features.scalar_type());
   TORCH_CHECK(mask.dim() == 3 && mask.size(0) == B && mask.size(1) == H && mask.size(2) == W, op,
@@ -55,17 +61,9 @@ inline int64_t check_backward_args(const at::Tensor& grad_surface, const at::Ten
                                    const at::Tensor& table_qid, const at::Tensor& table_st,
                                    c10::DeviceType dev) {
   const char* op = "dmnt::quad_uv_backward";
-  TORCH_CHECK(features.dim() == 4, op, ": features must be 4-D (B,C,H,W), got shape ",
-              features.sizes());
-  TORCH_CHECK(features.scalar_type() == at::kFloat || features.scalar_type() == at::kDouble, op,
-              ": features must be float32 or float64, got ", features.scalar_type());
+  check_features_uv(features, uv, op);
   const int64_t B = features.size(0), C = features.size(1), H = features.size(2),
                 W = features.size(3);
-  TORCH_CHECK(B > 0 && C > 0 && H > 0 && W > 0, op, ": features sizes must be > 0, got ",
-              features.sizes());
-  TORCH_CHECK(uv.dim() == 4 && uv.size(0) == B && uv.size(1) == H && uv.size(2) == W &&
-                  uv.size(3) == 2,
-              op, ": uv must have shape (B,H,W,2), got ", uv.sizes());
   TORCH_CHECK(grad_surface.dim() == 4 && grad_surface.size(0) == B && grad_surface.size(1) == C,
               op, ": grad_surface must have shape (B,C,S_h,S_w) with B=", B, ", C=", C, ", got ",
               grad_surface.sizes());
