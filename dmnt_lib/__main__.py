@@ -8,6 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+# Kept in sync with demo.STAGES by tests/test_cli.py (importing demo here would load torch for --help).
+DEMO_STAGES = ["uv_fragment", "transform", "data", "deformation"]
+
 # Subcommands that live in their own modules: each has add_parser(subparsers) and run(args).
 _SUBCOMMAND_MODULES = ["dmnt_lib.data.cli", "dmnt_lib.deform_cli"]
 
@@ -33,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("figures"), help="figure folder (default: figures)")
     demo.add_argument("--cache-dir", type=Path, default=_default_cache(), help="where generated data is cached (default: $DMNT_CACHE_DIR or ~/.cache/dmnt_lib)")
     demo.add_argument("--quick", action="store_true", default=os.environ.get("DMNT_QUICK") == "1", help="smaller, faster versions (default from DMNT_QUICK=1)")
-    demo.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages")
+    demo.add_argument("--only", nargs="+", metavar="STAGE", choices=DEMO_STAGES, help=f"run only these stages ({', '.join(DEMO_STAGES)})")
     demo.set_defaults(func=_run_demo)
 
     # Listed here for the overview; main() hands everything after "bench" to dmnt_lib.bench.main.

@@ -42,9 +42,21 @@ def test_demo_writes_the_uv_fragment_figure(tmp_path):
     assert len({tuple(p) for p in img.reshape(-1, img.shape[2])[::97].round(2).tolist()}) > 20
 
 
-def test_demo_rejects_unknown_stage(tmp_path):
-    with pytest.raises(ValueError, match="unknown demo stage 'nope'"):
+def test_demo_rejects_unknown_stage(tmp_path, capsys):
+    from dmnt_lib.demo import run_demo
+
+    with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--out", str(tmp_path), "--only", "nope"])
+    assert exit_info.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown demo stage 'nope'"):
+        run_demo(tmp_path, tmp_path, only=["nope"])
+
+
+def test_demo_stage_list_matches_the_cli():
+    from dmnt_lib.__main__ import DEMO_STAGES
+    from dmnt_lib.demo import STAGES
+
+    assert DEMO_STAGES == [name for name, _ in STAGES]
 
 
 def test_bench_subcommand_passes_its_options_through(capsys):
