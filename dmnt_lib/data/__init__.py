@@ -10,13 +10,13 @@ with OccludedPASCAL3D+ levels L0–L3, and a loader for real PASCAL3D+ in NeMo's
 """
 
 from .dataset import PoseDataset, cameras_for
-from .occlusion import LEVEL_RANGES, place_occluders
+from .occlusion import LEVEL_RANGES, OcclusionError, place_occluders
 from .pascal3d import Pascal3D, Sample, read_annotation
 from .shapes import CATEGORIES, NUM_CAD_MODELS, CADModel, cad_model, cad_models, write_cad_library
 from .synthetic import SceneConfig, generate_dataset, occlude, render_scene
 
 __all__ = [
     "CATEGORIES", "NUM_CAD_MODELS", "CADModel", "cad_model", "cad_models", "write_cad_library",
-    "LEVEL_RANGES", "place_occluders", "SceneConfig", "render_scene", "occlude", "generate_dataset",
+    "LEVEL_RANGES", "OcclusionError", "place_occluders", "SceneConfig", "render_scene", "occlude", "generate_dataset",
     "Pascal3D", "Sample", "read_annotation", "PoseDataset", "cameras_for",
 ]

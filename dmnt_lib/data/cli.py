@@ -18,9 +18,18 @@ import numpy as np
 
 from .pascal3d import Pascal3D, atomic_write_bytes
 from .shapes import CATEGORIES, NUM_CAD_MODELS, cad_models
-from .synthetic import SceneConfig, _torch_threads, dataset_meta, generate_dataset, render_model
+from . import _checks
+from .occlusion import OcclusionError
+from .synthetic import _torch_threads, check_dataset_args, dataset_meta, generate_dataset, render_model
 
-__all__ = ["add_parser", "run", "demo", "ensure_dataset", "cad_gallery", "sample_grid", "save_png"]
+__all__ = ["add_parser", "run", "demo", "ensure_dataset", "cad_gallery", "sample_grid", "save_png", "TRAIN_TEST_HELP"]
+
+TRAIN_TEST_HELP = """\
+train and test data (as in the paper: train unoccluded, test at every occlusion level):
+  python -m dmnt_lib data --out data/train --levels 0 --seed 0
+  python -m dmnt_lib data --out data/test --levels 0 1 2 3 --seed 1
+Different seeds give independent objects and poses; the same seed gives byte-identical files.
+Every level of one run shows the same objects and poses, with more of each object hidden."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,31 +37,42 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "data",
         help="generate a synthetic PASCAL3D+-style dataset (12 categories, occlusion levels L0-L3)",
-        description="Render procedural CAD models at random PASCAL3D+-like poses on cluttered backgrounds, "
-        "add occluders hiding 20-40% (L1), 40-60% (L2) or 60-80% (L3) of the object, and write images, "
-        "NeMo-style .npz annotations, lists and CAD/*.off files under --out.",
+        description="Render procedural CAD models at random PASCAL3D+-like poses on cluttered backgrounds,\n"
+        "add occluders hiding 20-40% (L1), 40-60% (L2) or 60-80% (L3) of the object, and write\n"
+        "images, NeMo-style .npz annotations, lists and CAD/*.off files under --out.",
+        epilog=TRAIN_TEST_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", type=Path, required=True, help="output folder (must be empty unless --overwrite)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: empty or absent, or with --overwrite a previous dmnt dataset")
     p.add_argument("--per-category", type=int, default=100, help="samples per category (default 100)")
     p.add_argument("--levels", type=int, nargs="+", default=[0, 1, 2, 3], choices=[0, 1, 2, 3],
                    help="occlusion levels to write (default 0 1 2 3); every level shows the same objects and poses")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed (>= 0); the same seed gives byte-identical files, another seed independent "
+                   "objects and poses (train: 0, test: 1; see below)")
     p.add_argument("--image-size", type=int, default=128, help="square image size in pixels (default 128)")
     p.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES, metavar="CATEGORY",
                    help="subset of: " + " ".join(CATEGORIES))
-    p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a dmnt dataset (or an interrupted generation) in --out; other folders are never deleted")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
     return p
 
 
 def run(args) -> int:
-    """Run ``data``; returns the exit status (2 for bad arguments or a protected --out)."""
+    """Run ``data``; returns the exit status: 2, with a one-line message, for bad arguments, a
+    protected ``--out`` or a sample that cannot be occluded at its level."""
     try:
         report = generate_dataset(args.out, args.per_category, args.levels, args.seed, args.image_size,
                                   args.categories, overwrite=args.overwrite, progress=not args.no_progress)
-    except (FileExistsError, ValueError) as e:
+    except (FileExistsError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OcclusionError as e:
+        print(f"error: {e}; {args.out} is left marked as an interrupted generation (rerun with --overwrite)",
+              file=sys.stderr)
         return 2
     print(f"wrote {report['images']} images ({report['samples']} samples x {len(set(args.levels))} levels) "
           f"to {args.out} in {report['seconds']:.1f} s: {report['images_per_s']:.1f} images/s, "
@@ -147,16 +167,26 @@ def save_png(path, image: np.ndarray, max_bytes: int = 300_000) -> Path:
     return Path(path)
 
 
-def ensure_dataset(root, per_category: int, levels=(0, 1, 2, 3), seed: int = 0, image_size: int = 128,
+def ensure_dataset(root, per_category: int, levels=(0, 1, 2, 3), seed: int = 0, image_size=128,
                    categories=CATEGORIES, progress: bool = False) -> Path:
     """``root`` holding the requested dataset: reused when its ``meta.json`` matches, else
-    (re)generated (``generate_dataset`` still refuses a folder that holds anything else)."""
-    root = Path(root)
-    config = SceneConfig(image_size=(image_size, image_size))
-    want = dataset_meta(per_category, sorted(set(levels)), seed, list(categories), config)
-    meta_path = root / "meta.json"
-    if not (meta_path.is_file() and json.loads(meta_path.read_text()) == want):
-        generate_dataset(root, per_category, levels, seed, image_size, categories, overwrite=True, progress=progress)
+    (re)generated. Like ``generate_dataset(..., overwrite=True)`` it only ever replaces a dmnt
+    dataset or an interrupted generation; any other non-empty ``root`` raises ``FileExistsError``.
+
+    Args:
+        root: the dataset folder (str or path). image_size: ``H`` or ``(H, W)``.
+        per_category, levels, seed, categories, progress: as ``generate_dataset``.
+    """
+    per_category, levels, seed, categories, config = check_dataset_args(per_category, levels, seed, categories, image_size)
+    root = _checks.path("root", root)
+    want = dataset_meta(per_category, levels, seed, categories, config)
+    try:
+        have = json.loads((root / "meta.json").read_text())
+    except (OSError, ValueError):  # absent or unreadable: generate (which decides if root may be replaced)
+        have = None
+    if have != want:
+        generate_dataset(root, per_category, levels, seed, None, categories, overwrite=True, config=config,
+                         progress=progress)
     return root
 
 

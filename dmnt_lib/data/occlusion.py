@@ -14,15 +14,27 @@ the shapes scaled by a common ``s`` is ``{p : min_i d_i(p) <= s}``, which grows 
 with ``s``; so for a target ratio ``t`` the scale is read off the sorted distances of the mask
 pixels (no bisection), and the result is checked against the level's range. A rare miss (ties
 in the distances jump over the range) is retried with new shapes from the same seeded RNG.
+A mask too small for the range (no ``m`` pixels out of ``|mask|`` give a ratio in it, e.g. 3
+pixels at L2) is refused up front with a ``ValueError``; running out of tries raises
+``OcclusionError`` (a ``RuntimeError``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LEVEL_RANGES", "procedural_texture", "random_shape_field", "place_occluders", "occlusion_ratio", "random_color"]
+from . import _checks
+
+__all__ = [
+    "LEVEL_RANGES", "OcclusionError", "procedural_texture", "random_shape_field", "place_occluders",
+    "occlusion_ratio", "random_color",
+]
 
 LEVEL_RANGES = {1: (0.2, 0.4), 2: (0.4, 0.6), 3: (0.6, 0.8)}
+
+
+class OcclusionError(RuntimeError):
+    """No occluder placement with a ratio in the requested range was found."""
 
 
 def random_color(rng: np.random.Generator, sat=(0.2, 0.9), val=(0.2, 0.95)) -> np.ndarray:
@@ -107,24 +119,35 @@ def place_occluders(mask: np.ndarray, ratio_range: tuple[float, float], rng: np.
     """Occluders hiding a fraction in ``[lo, hi)`` of ``mask``.
 
     Args:
-        mask: ``(H, W)`` bool amodal object mask (non-empty).
-        ratio_range: ``(lo, hi)``, e.g. ``LEVEL_RANGES[2]``.
-        rng: seeded generator (the only source of randomness).
-        max_tries: shape sets to try before giving up.
+        mask: ``(H, W)`` bool amodal object mask (non-empty; numeric 0/1 arrays are accepted).
+        ratio_range: ``(lo, hi)`` with ``0 < lo < hi <= 1``, e.g. ``LEVEL_RANGES[2]``.
+        rng: seeded ``numpy.random.Generator`` (the only source of randomness).
+        max_tries: shape sets to try before giving up (int >= 1).
 
     Returns:
         ``occluder_mask (H, W)`` bool, ``texture (H, W, 3)`` float32 (the occluders' look, valid
         where ``occluder_mask``) and the measured ``ratio`` (float, in ``[lo, hi)``).
 
     Raises:
-        ValueError: empty mask or a bad range. RuntimeError: no placement found (not seen in practice).
+        TypeError / ValueError: a bad argument, naming it (also a mask with too few pixels for
+        any ratio in the range). OcclusionError: no placement found in ``max_tries`` tries.
     """
-    mask = np.asarray(mask, dtype=bool)
+    mask = np.asarray(mask)
+    if mask.dtype.kind not in "biuf":
+        raise TypeError(f"mask must be a bool (H, W) array, got dtype {mask.dtype}")
+    mask = mask.astype(bool)
     if mask.ndim != 2 or not mask.any():
         raise ValueError(f"mask must be a non-empty (H, W) bool array, got shape {mask.shape} with {int(mask.sum())} pixels")
-    lo, hi = (float(x) for x in ratio_range)
-    if not 0 < lo < hi <= 1:
+    lo, hi = _checks.number_range("ratio_range", ratio_range, 0, 1, open_lo=True)
+    if lo == hi:
         raise ValueError(f"ratio_range must satisfy 0 < lo < hi <= 1, got {ratio_range}")
+    rng = _checks.rng("rng", rng)
+    max_tries = _checks.integer("max_tries", max_tries, 1)
+    area = int(mask.sum())
+    hidden = np.arange(1, area + 1)
+    reachable = 1.0 - (area - hidden) / area  # the exact floats occlusion_ratio gives for each count
+    if not ((reachable >= lo) & (reachable < hi)).any():
+        raise ValueError(f"mask has {area} pixels: hiding any number of them gives no ratio in [{lo}, {hi}) (ratio_range)")
     h, w = mask.shape
     ys, xs = np.nonzero(mask)
     extent = max(xs.max() - xs.min(), ys.max() - ys.min()) + 1
@@ -149,4 +172,4 @@ def place_occluders(mask: np.ndarray, ratio_range: tuple[float, float], rng: np.
                 sel = occ & (nearest == i)
                 tex[sel] = procedural_texture(rng, h, w)[sel]
             return occ, tex, ratio
-    raise RuntimeError(f"could not place occluders with a ratio in [{lo}, {hi}) after {max_tries} tries")
+    raise OcclusionError(f"could not place occluders hiding a fraction in [{lo}, {hi}) of a {area}-pixel mask after {max_tries} tries")

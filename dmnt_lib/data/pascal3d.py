@@ -35,6 +35,12 @@ theta``
 ``level``                 int 0–3 (optional; the folder gives it)
 ========================  =====================================================================
 
+Reading checks every one of these fields (whole numbers for ``cad_index``/``level``; ``category``
+as str or bytes; ``category`` and ``level`` must match the folder; a stored ``occlusion_ratio``
+must agree with the stored masks) and names the file and field in its ``ValueError``. Any other
+field is ignored and never decoded: NeMo's files also carry ``name``, ``box``, ``cropped_kp_list``,
+``visible``, ..., possibly as pickled object arrays, which are never loaded.
+
 Writes are atomic (temp file + ``os.replace``) and deterministic: ``.npz`` members carry a fixed
 timestamp, so the same arrays give the same bytes.
 """
@@ -43,7 +49,9 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,11 +59,12 @@ import numpy as np
 
 from ..fileio import atomic_write_bytes
 from ..mesh import read_off
+from . import _checks
 from .shapes import CATEGORIES
 
 __all__ = [
     "Sample", "Pascal3D", "read_annotation", "read_image", "write_sample", "write_list", "read_list",
-    "atomic_write_bytes", "npz_bytes", "level_folders", "REQUIRED_FIELDS",
+    "atomic_write_bytes", "npz_bytes", "level_folders", "REQUIRED_FIELDS", "OPTIONAL_FIELDS",
 ]
 
 REQUIRED_FIELDS = ("cad_index", "azimuth", "elevation", "theta", "distance", "focal", "viewport", "principal")
@@ -183,68 +192,157 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"corrupt image file {path}: {e}") from None
 
 
-def _scalar(path, data, key, kind=float):
+# Fields read_annotation uses; any other field (NeMo's name, box, cropped_kp_list, ..., even a
+# pickled object array) is never read: members are decoded one by one, only for these names.
+OPTIONAL_FIELDS = ("category", "level", "bbox", "mask", "visible_mask", "occluder_mask", "occlusion_ratio")
+# What zipfile raises on a damaged archive (structure, deflate stream, CRC, flag bits that
+# claim encryption or an unknown compression method).
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, KeyError, NotImplementedError,
+               RuntimeError, struct.error)
+
+
+def _check_members(zf: zipfile.ZipFile, raw: bytes) -> None:
+    """Structural checks that decode no member: a flipped byte in the central directory can
+    hide or rename members without any zipfile error (the fields would silently go missing)."""
+    end = raw.rfind(b"PK\x05\x06")  # end-of-central-directory record, holding the entry count
+    total = struct.unpack("<H", raw[end + 10:end + 12])[0] if 0 <= end <= len(raw) - 12 else None
+    if total is not None and total != 0xFFFF and total != len(zf.infolist()):
+        raise zipfile.BadZipFile(f"the central directory lists {len(zf.infolist())} of {total} members")
+    for info in zf.infolist():
+        zf.open(info).close()  # reads only the local header: magic, flags, name must match
+
+
+def _load_fields(path: Path) -> dict:
+    """The known fields of an ``.npz`` as arrays; other members are never read."""
+    raw = path.read_bytes()
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            _check_members(zf, raw)
+            members = {n[:-4] if n.endswith(".npy") else n: n for n in zf.namelist()}  # np.savez adds .npy
+            # zf.read verifies each member's CRC, so damaged data fails here, before any parsing
+            blobs = {k: zf.read(members[k]) for k in REQUIRED_FIELDS + OPTIONAL_FIELDS if k in members}
+    except _ZIP_ERRORS as e:
+        raise ValueError(f"corrupt annotation file {path}: {type(e).__name__}: {e}") from None
+    data = {}
+    for key, blob in blobs.items():
+        try:
+            data[key] = np.lib.format.read_array(io.BytesIO(blob), allow_pickle=False)
+        except Exception as e:  # noqa: BLE001 -- an intact member that numpy cannot parse (its header parser
+            # raises SyntaxError, TokenError, ValueError, ...; pickled objects are refused): a corrupt field
+            raise ValueError(f"corrupt annotation file {path}: field {key!r} is not a readable array "
+                             f"({type(e).__name__}: {e})") from None
+    return data
+
+
+def _number(path, data, key) -> float:
     a = np.asarray(data[key])
-    if a.size != 1 or a.dtype.kind not in "biuf":
+    if a.size != 1 or a.dtype.kind not in "iuf":
         raise ValueError(f"{path}: field {key!r} must be a single number, got shape {a.shape} dtype {a.dtype}")
-    x = kind(a.reshape(-1)[0])
+    x = float(a.reshape(-1)[0])
     if not np.isfinite(x):
         raise ValueError(f"{path}: field {key!r} is not finite ({x})")
     return x
 
 
+def _integer(path, data, key) -> int:
+    x = _number(path, data, key)
+    if x != int(x):
+        raise ValueError(f"{path}: field {key!r} must be a whole number, got {x}")
+    return int(np.asarray(data[key]).reshape(-1)[0])
+
+
+def _string(path, data, key) -> str:
+    a = np.asarray(data[key])
+    if a.size != 1 or a.dtype.kind not in "US":
+        raise ValueError(f"{path}: field {key!r} must be a single string, got shape {a.shape} dtype {a.dtype}")
+    value = a.reshape(-1)[0]
+    if isinstance(value, bytes):  # dtype S: how some tools (and Python 2 pickles) store text
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: field {key!r} is not UTF-8 text: {value!r}") from None
+    return str(value)
+
+
+def _vector(path, data, key, n) -> np.ndarray:
+    a = np.asarray(data[key])
+    if a.dtype.kind not in "iuf" or a.size != n:
+        raise ValueError(f"{path}: field {key!r} must be {n} numbers, got shape {a.shape} dtype {a.dtype}")
+    a = a.astype(np.float64).reshape(n)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{path}: field {key!r} is not finite ({a})")
+    return a
+
+
 def read_annotation(path: str | os.PathLike, image_shape: tuple[int, int] | None = None) -> dict:
     """Read and validate one annotation ``.npz`` (see the module table).
 
+    Only ``REQUIRED_FIELDS`` and ``OPTIONAL_FIELDS`` are loaded; other fields (NeMo's ``name``,
+    ``box``, ``cropped_kp_list``, ..., object arrays included) are ignored without being read.
+
     Args:
-        image_shape: ``(H, W)`` the masks must have, if known.
+        path: the ``.npz`` file (str or path).
+        image_shape: ``(H, W)`` ints the masks must have, if known.
 
     Returns:
         A dict with ``cad_index`` (int), ``azimuth, elevation, theta, distance`` (float),
-        ``focal`` (float, **pixels**), ``principal`` ``(2,)`` float64, and ``bbox``, ``mask``,
-        ``visible_mask``, ``occluder_mask``, ``occlusion_ratio``, ``category``, ``level`` (None if absent).
+        ``focal`` (float, **pixels**), ``principal`` ``(2,)`` float64, ``bbox`` ``(4,)`` float64,
+        ``mask``, ``visible_mask``, ``occluder_mask`` ``(H, W)`` bool, ``occlusion_ratio`` (float),
+        ``category`` (str), ``level`` (int); each None if absent (``visible_mask`` and
+        ``occlusion_ratio`` are derived from the other masks when those are present).
 
     Raises:
-        FileNotFoundError: no such file. ValueError: unreadable file, missing or malformed field.
+        FileNotFoundError: no such file. TypeError: bad argument. ValueError: unreadable
+        file, missing or malformed field (the message names the file and the field), or a
+        stored ``occlusion_ratio`` that disagrees with the stored masks.
     """
-    path = Path(path)
+    path = _checks.path("path", path)
+    if image_shape is not None:
+        image_shape = _checks.image_hw("image_shape", image_shape, allow_int=False)
     if not path.is_file():
         raise FileNotFoundError(f"annotation not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
-        raise ValueError(f"corrupt annotation file {path}: {e}") from None
+    data = _load_fields(path)
     missing = [k for k in REQUIRED_FIELDS if k not in data]
     if missing:
         raise ValueError(f"{path}: missing annotation fields {missing}")
-    out = {k: _scalar(path, data, k) for k in ("azimuth", "elevation", "theta", "distance", "focal", "viewport")}
+    out = {k: _number(path, data, k) for k in ("azimuth", "elevation", "theta", "distance", "focal", "viewport")}
     out["focal"] *= out.pop("viewport")
     if out["distance"] <= 0 or out["focal"] <= 0:
-        raise ValueError(f"{path}: distance and focal * viewport must be positive")
-    out["cad_index"] = _scalar(path, data, "cad_index", int)
+        raise ValueError(f"{path}: fields 'distance' and 'focal' * 'viewport' must be positive")
+    out["cad_index"] = _integer(path, data, "cad_index")
     if out["cad_index"] < 1:
-        raise ValueError(f"{path}: cad_index is 1-based, got {out['cad_index']}")
-    principal = np.asarray(data["principal"], dtype=np.float64).reshape(-1)
-    if principal.shape != (2,) or not np.isfinite(principal).all():
-        raise ValueError(f"{path}: principal must be 2 finite numbers (x, y), got {data['principal']!r}")
-    out["principal"] = principal
-    out["bbox"] = np.asarray(data["bbox"], dtype=np.float64).reshape(4) if "bbox" in data else None
+        raise ValueError(f"{path}: field 'cad_index' is 1-based, got {out['cad_index']}")
+    out["principal"] = _vector(path, data, "principal", 2)
+    out["bbox"] = _vector(path, data, "bbox", 4) if "bbox" in data else None
+    if out["bbox"] is not None and not (out["bbox"][0] <= out["bbox"][2] and out["bbox"][1] <= out["bbox"][3]):
+        raise ValueError(f"{path}: field 'bbox' must be (x0, y0, x1, y1) with x0 <= x1, y0 <= y1, got {out['bbox']}")
+    shape = image_shape
     for key in ("mask", "visible_mask", "occluder_mask"):
         m = data.get(key)
         if m is not None:
             m = np.asarray(m)
-            if m.ndim != 2 or (image_shape is not None and m.shape != tuple(image_shape)):
-                raise ValueError(f"{path}: {key} must have the image's shape {image_shape}, got {m.shape}")
+            if m.dtype.kind not in "biuf" or m.ndim != 2 or (shape is not None and m.shape != tuple(shape)):
+                want = f"shape {shape} (the image's and the other masks')" if shape is not None else "2 dimensions"
+                raise ValueError(f"{path}: field {key!r} must be a bool mask with {want}, got shape {m.shape} dtype {m.dtype}")
             m = m.astype(bool)
+            shape = m.shape  # the masks must agree with each other too
         out[key] = m
     if out["visible_mask"] is None and out["mask"] is not None and out["occluder_mask"] is not None:
         out["visible_mask"] = out["mask"] & ~out["occluder_mask"]
-    out["occlusion_ratio"] = _scalar(path, data, "occlusion_ratio") if "occlusion_ratio" in data else None
-    if out["occlusion_ratio"] is None and out["mask"] is not None and out["visible_mask"] is not None and out["mask"].any():
-        out["occlusion_ratio"] = 1.0 - out["visible_mask"].sum() / out["mask"].sum()
-    out["category"] = str(data["category"]) if "category" in data else None
-    out["level"] = _scalar(path, data, "level", int) if "level" in data else None
+    measured = None
+    if out["mask"] is not None and out["visible_mask"] is not None and out["mask"].any():
+        measured = 1.0 - out["visible_mask"].sum() / out["mask"].sum()
+    stored = _number(path, data, "occlusion_ratio") if "occlusion_ratio" in data else None
+    if stored is not None and not 0 <= stored <= 1:
+        raise ValueError(f"{path}: field 'occlusion_ratio' must be in [0, 1], got {stored}")
+    if stored is not None and measured is not None and abs(stored - measured) > 1e-6:
+        raise ValueError(f"{path}: field 'occlusion_ratio' ({stored}) disagrees with the masks "
+                         f"(1 - |visible_mask| / |mask| = {measured})")
+    out["occlusion_ratio"] = stored if stored is not None else measured
+    out["category"] = _string(path, data, "category") if "category" in data else None
+    out["level"] = _integer(path, data, "level") if "level" in data else None
+    if out["level"] is not None and out["level"] not in (0, 1, 2, 3):
+        raise ValueError(f"{path}: field 'level' must be 0, 1, 2 or 3, got {out['level']}")
     return out
 
 
@@ -269,31 +367,37 @@ class Pascal3D:
     """An index over a PASCAL3D+-layout folder (either layout), read lazily.
 
     Args:
-        root: the split folder (NeMo) or the dataset folder (ours).
-        categories: default: every category of ``CATEGORIES`` present at all ``levels``.
-        levels: occlusion levels to include (0 = unoccluded).
+        root: the split folder (NeMo) or the dataset folder (ours); str or path.
+        categories: sequence of names from ``CATEGORIES`` (not a bare str); default: every
+            category present at all ``levels``.
+        levels: sequence of occlusion levels from ``0, 1, 2, 3`` to include (0 = unoccluded),
+            in this order.
         cad_root: folder holding ``CAD/``; default ``root``, else ``root``'s parent.
+
+    Raises:
+        TypeError / ValueError: a bad argument (named). FileNotFoundError: missing folders or lists.
     """
 
     def __init__(self, root, categories=None, levels=(0,), cad_root=None):
-        self.root = Path(root)
+        self.root = _checks.path("root", root)
+        self.levels = tuple(_checks.int_list("levels", levels, (0, 1, 2, 3), sort=False))
+        if categories is not None:
+            categories = _checks.names("categories", categories, CATEGORIES)
+        cad_root = None if cad_root is None else _checks.path("cad_root", cad_root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset root not found: {self.root}")
-        self.levels = tuple(int(k) for k in levels)
-        if not self.levels or any(k not in (0, 1, 2, 3) for k in self.levels):
-            raise ValueError(f"levels must be a non-empty subset of 0, 1, 2, 3; got {levels}")
         if categories is None:
             categories = [c for c in CATEGORIES if all(self._has(c, k) for k in self.levels)]
             if not categories:
                 raise FileNotFoundError(f"no category has data at levels {self.levels} under {self.root}")
-        bad = [c for c in categories if c not in CATEGORIES]
-        if bad:
-            raise ValueError(f"unknown categories {bad}; expected names from {CATEGORIES}")
         self.categories = tuple(categories)
         self.items: list[tuple[str, int, str, Path, Path]] = []
         for cat in self.categories:
             for level in self.levels:
                 img_dir, ann_dir, lst = level_folders(self.root, cat, level)
+                if not lst.exists():
+                    raise FileNotFoundError(f"list not found: {lst} (the samples in {ann_dir} are indexed by it, "
+                                            "one id per line; nothing is guessed from the folder's contents)")
                 for sid in read_list(lst):
                     self.items.append((cat, level, sid, img_dir, ann_dir / f"{sid}.npz"))
         if cad_root is None:
@@ -312,6 +416,7 @@ class Pascal3D:
         return len(self.items)
 
     def __getitem__(self, i: int) -> Sample:
+        i = _checks.integer("index", i)
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} samples")
         cat, level, sid, img_dir, ann_path = self.items[i]
@@ -322,6 +427,8 @@ class Pascal3D:
         ann = read_annotation(ann_path, image.shape[:2])
         if ann["category"] is not None and ann["category"] != cat:
             raise ValueError(f"{ann_path}: category {ann['category']!r} does not match its folder ({cat!r})")
+        if ann["level"] is not None and ann["level"] != level:
+            raise ValueError(f"{ann_path}: level {ann['level']} does not match its folder (level {level})")
         return Sample(
             id=sid, category=cat, level=level, image=image, cad_index=ann["cad_index"],
             azimuth=ann["azimuth"], elevation=ann["elevation"], theta=ann["theta"], distance=ann["distance"],

@@ -27,6 +27,16 @@ stored CAD file with ``render.render_mask`` gives back the stored mask.
 Randomness: everything comes from ``numpy.random.SeedSequence(seed, spawn_key=...)`` keyed by
 ``(category, index)`` (and the level for occluders), so a sample does not depend on how many
 others are generated, and the same seed gives the same bytes.
+
+Train and test data are two runs with different seeds (different seeds give independent
+objects and poses; the CAD library, ``SceneConfig.cad_seed``, is shared, as PASCAL3D+'s is):
+
+* training data, unoccluded as in the paper: ``python -m dmnt_lib data --out data/train --levels 0 --seed 0``;
+* test data at every occlusion level: ``python -m dmnt_lib data --out data/test --levels 0 1 2 3 --seed 1``.
+
+Output folders are claimed with a ``.dmnt-generating`` marker written before anything else and
+removed after ``meta.json``: ``overwrite`` only ever deletes a folder whose ``meta.json`` has
+``format == FORMAT`` or that carries the marker (an interrupted run), never anything else.
 """
 
 from __future__ import annotations
@@ -37,36 +47,41 @@ import re
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..camera import camera_center, pose_to_cameras, pose_to_RT, project_points
-from .occlusion import LEVEL_RANGES, place_occluders, procedural_texture, random_color, random_shape_field
+from . import _checks
+from .occlusion import LEVEL_RANGES, OcclusionError, place_occluders, procedural_texture, random_color, random_shape_field
 from .pascal3d import atomic_write_bytes, write_list, write_sample
 from .shapes import CATEGORIES, MATERIALS, NUM_CAD_MODELS, CADModel, cad_model, write_cad_library
 
 __all__ = [
     "SceneConfig", "Scene", "sample_pose", "render_model", "render_scene", "occlude", "bbox_of",
-    "generate_dataset", "dataset_meta", "sample_id", "FORMAT", "VERSION",
+    "generate_dataset", "check_dataset_args", "dataset_meta", "sample_id", "FORMAT", "VERSION", "MARKER",
 ]
 
 FORMAT, VERSION = "dmnt-synthetic-pascal3d", 1
+MARKER = ".dmnt-generating"  # present while a generation runs (or after one was interrupted)
 
 
 @dataclass(frozen=True)
 class SceneConfig:
-    """Generator settings (all stored in ``meta.json``).
+    """Generator settings (all stored in ``meta.json``); every field is checked on creation
+    (``TypeError``/``ValueError`` naming it) and numbers are normalised to ``int``/``float``.
 
     Attributes:
-        image_size: ``(H, W)`` pixels.
-        focal_factor: focal length in pixels divided by ``min(H, W)``.
-        elevation_deg, theta_deg: sampling ranges (degrees; the annotations store radians).
-        fill: range of the bounding sphere's projected diameter / ``min(H, W)``.
-        n_distractors, n_clutter: inclusive ranges of distractor model pieces / clutter shapes.
-        cad_seed: seed of the procedural CAD library (``shapes.cad_model``).
+        image_size: ``(H, W)`` ints, each >= 16 pixels.
+        focal_factor: focal length in pixels divided by ``min(H, W)``; finite, > 0.
+        elevation_deg: ``(lo, hi)`` sampling range in degrees, ``-90 < lo <= hi < 90``.
+        theta_deg: ``(lo, hi)`` in degrees, ``-180 <= lo <= hi <= 180`` (the annotations store radians).
+        fill: ``(lo, hi)``, bounding sphere's projected diameter / ``min(H, W)``, ``0 < lo <= hi < 1``.
+        n_distractors, n_clutter: inclusive ``(lo, hi)`` int ranges, ``0 <= lo <= hi``, of
+            distractor model pieces / clutter shapes.
+        cad_seed: int >= 0, seed of the procedural CAD library (``shapes.cad_model``).
     """
 
     image_size: tuple[int, int] = (128, 128)
@@ -79,11 +94,18 @@ class SceneConfig:
     cad_seed: int = 0
 
     def __post_init__(self):
-        h, w = self.image_size
-        if not (isinstance(h, int) and isinstance(w, int)) or min(h, w) < 16:
-            raise ValueError(f"image_size must be two ints >= 16, got {self.image_size}")
-        if not 0 < self.fill[0] <= self.fill[1] < 1:
-            raise ValueError(f"fill must satisfy 0 < lo <= hi < 1, got {self.fill}")
+        checked = {
+            "image_size": _checks.image_hw("image_size", self.image_size, minimum=16, allow_int=False),
+            "focal_factor": _checks.positive("focal_factor", self.focal_factor),
+            "elevation_deg": _checks.number_range("elevation_deg", self.elevation_deg, -90, 90, open_lo=True, open_hi=True),
+            "theta_deg": _checks.number_range("theta_deg", self.theta_deg, -180, 180),
+            "fill": _checks.number_range("fill", self.fill, 0, 1, open_lo=True, open_hi=True),
+            "n_distractors": _checks.number_range("n_distractors", self.n_distractors, 0, integer_valued=True),
+            "n_clutter": _checks.number_range("n_clutter", self.n_clutter, 0, integer_valued=True),
+            "cad_seed": _checks.seed("cad_seed", self.cad_seed),
+        }
+        for k, v in checked.items():
+            object.__setattr__(self, k, v)  # frozen: normalised once, here
 
     @property
     def focal_px(self) -> float:
@@ -256,8 +278,9 @@ def render_scene(category: str, index: int, seed: int, config: SceneConfig = Sce
     """
     if category not in CATEGORIES:
         raise ValueError(f"category must be one of {CATEGORIES}, got {category!r}")
-    if not isinstance(index, (int, np.integer)) or index < 0:
-        raise ValueError(f"index must be a non-negative int, got {index!r}")
+    index, seed = _checks.integer("index", index, 0), _checks.seed("seed", seed)
+    if not isinstance(config, SceneConfig):
+        raise TypeError(f"config must be a SceneConfig, got {type(config).__name__}")
     rng = _rng(seed, 0, CATEGORIES.index(category), index)
     cad_index = int(rng.integers(1, NUM_CAD_MODELS[category] + 1))
     model = cad_model(category, cad_index, config.cad_seed)
@@ -278,13 +301,20 @@ def occlude(scene: Scene, level: int, seed: int):
     Returns:
         ``image (H, W, 3)`` uint8, ``occluder_mask (H, W)`` bool, ``occlusion_ratio`` float
         (measured: ``1 - |mask & ~occluder_mask| / |mask|``).
+
+    Raises:
+        OcclusionError: no placement in the level's range was found for this mask.
     """
+    level, seed = _checks.integer("level", level), _checks.seed("seed", seed)
     if level == 0:
         return scene.image, np.zeros_like(scene.mask), 0.0
     if level not in LEVEL_RANGES:
         raise ValueError(f"level must be one of 0, {', '.join(map(str, LEVEL_RANGES))}; got {level}")
     rng = _rng(seed, 1, CATEGORIES.index(scene.category), scene.index, level)
-    occ, tex, ratio = place_occluders(scene.mask, LEVEL_RANGES[level], rng)
+    try:
+        occ, tex, ratio = place_occluders(scene.mask, LEVEL_RANGES[level], rng)
+    except (OcclusionError, ValueError) as e:  # say which sample could not be occluded
+        raise type(e)(f"{sample_id(scene.category, scene.index)} at level L{level}: {e}") from None
     image = scene.image.copy()
     image[occ] = np.round(np.clip(tex[occ], 0, 1) * 255).astype(np.uint8)
     return image, occ, ratio
@@ -292,7 +322,7 @@ def occlude(scene: Scene, level: int, seed: int):
 
 # --------------------------------------------------------------------------- whole datasets
 
-_MANAGED = re.compile(r"^(CAD|L[0-3]|meta\.json|\..*\.tmp)$")  # what generate_dataset may delete
+_MANAGED = re.compile(r"^(CAD|L[0-3]|meta\.json|\.dmnt-generating|\..*\.tmp)$")  # what generate_dataset writes
 
 
 def sample_id(category: str, index: int) -> str:
@@ -314,6 +344,69 @@ def dataset_meta(per_category: int, levels, seed: int, categories, config: Scene
     }
 
 
+def check_dataset_args(per_category, levels, seed, categories, image_size=None, config=None):
+    """Validate ``generate_dataset``'s arguments (``TypeError``/``ValueError`` naming the bad one).
+
+    Returns:
+        ``(per_category, levels, seed, categories, config)``: ints, a sorted list of levels, a
+        list of category names, and the ``SceneConfig`` with ``image_size`` applied (if given).
+    """
+    per_category = _checks.integer("per_category", per_category, 1)
+    levels = _checks.int_list("levels", levels, (0, 1, 2, 3))
+    seed = _checks.seed("seed", seed)
+    categories = _checks.names("categories", categories, CATEGORIES)
+    if config is None:
+        config = SceneConfig()
+    elif not isinstance(config, SceneConfig):
+        raise TypeError(f"config must be a SceneConfig or None, got {type(config).__name__}")
+    if image_size is not None:
+        config = replace(config, image_size=_checks.image_hw("image_size", image_size, minimum=16))
+    return per_category, levels, seed, categories, config
+
+
+def _is_dmnt_dataset(out: Path) -> bool:
+    if (out / MARKER).is_file():
+        return True
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+    except (OSError, ValueError):  # absent, unreadable or not JSON: not known to be ours
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Make ``out`` an empty folder claimed by ``MARKER``, or refuse (``FileExistsError``).
+
+    Only a folder known to be ours (``meta.json`` with our format, or the marker of an
+    interrupted run) holding nothing but what we write is ever emptied, and only with
+    ``overwrite``. The marker is written before anything is deleted, so an interrupted
+    overwrite still shows as ours (and never as complete: ``meta.json`` goes first).
+    """
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"out {out} exists and is not a folder")
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if names:
+        if not _is_dmnt_dataset(out):
+            raise FileExistsError(
+                f"out {out} is not empty and is not a dmnt dataset (no meta.json with format {FORMAT!r} and no "
+                f"{MARKER} marker); it is never deleted, even with --overwrite: choose another folder")
+        foreign = [n for n in names if not _MANAGED.match(n)]
+        if foreign:
+            raise FileExistsError(f"out {out} holds a dmnt dataset and also {foreign[:5]}, which generation never "
+                                  "deletes: move them or choose another folder")
+        if not overwrite:
+            what = "an interrupted dmnt generation" if (out / MARKER).is_file() else "a dmnt dataset"
+            raise FileExistsError(f"out {out} already holds {what}; pass --overwrite (overwrite=True) to replace it")
+    atomic_write_bytes(out / MARKER, b"dmnt_lib.data.generate_dataset is writing this folder (or was interrupted); "
+                                     b"meta.json appears when it is complete\n")
+    if names:
+        (out / "meta.json").unlink(missing_ok=True)
+        for n in names:
+            p = out / n
+            if n != MARKER:
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
 @contextmanager
 def _torch_threads(n: int):
     # The tensors here are tiny: intra-op threads only add synchronisation (several x slower).
@@ -325,54 +418,39 @@ def _torch_threads(n: int):
         torch.set_num_threads(old)
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"out {out} exists and is not a folder")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    names = sorted(p.name for p in out.iterdir())
-    foreign = [n for n in names if not _MANAGED.match(n)]
-    if foreign:
-        raise FileExistsError(f"out {out} is not empty and is not a dmnt dataset (it holds {foreign[:5]}); choose another folder")
-    if not overwrite:
-        raise FileExistsError(f"out {out} already holds a dataset; pass --overwrite (overwrite=True) to replace it")
-    if (out / "meta.json").exists():
-        (out / "meta.json").unlink()  # first, so an interrupted overwrite never looks complete
-    for n in names:
-        p = out / n
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-
-
-def generate_dataset(out, per_category: int, levels=(0, 1, 2, 3), seed: int = 0, image_size=128,
+def generate_dataset(out, per_category: int, levels=(0, 1, 2, 3), seed: int = 0, image_size=None,
                      categories=CATEGORIES, overwrite: bool = False, config: SceneConfig | None = None,
                      progress: bool = True) -> dict:
     """Generate a synthetic PASCAL3D+-style dataset in ``out`` (layout: ``pascal3d`` module).
 
+    Every argument is checked before anything is written (``TypeError``/``ValueError`` naming it).
+
     Args:
-        out: destination folder; must be empty or absent unless ``overwrite`` (which replaces a
-            previous dataset, never a folder holding anything else).
-        per_category: samples per category (each exists at every level in ``levels``).
-        levels: subset of ``0, 1, 2, 3``; level ``k > 0`` shows the L0 sample with occluders.
-        seed: scene seed; the same seed gives byte-identical files.
-        image_size: ``H`` or ``(H, W)``; overrides ``config.image_size``.
-        config: other generator settings (``SceneConfig``).
+        out: destination folder (str or path); must be empty or absent. With ``overwrite`` a
+            previous dmnt dataset there (its ``meta.json`` has ``format == FORMAT``) or an
+            interrupted generation (``MARKER`` present) is replaced; anything else is refused
+            with ``FileExistsError``, whatever ``overwrite`` says.
+        per_category: samples per category, int >= 1 (each exists at every level in ``levels``).
+        levels: non-empty sequence from ``0, 1, 2, 3``; level ``k > 0`` shows the L0 sample
+            with occluders.
+        seed: scene seed, int >= 0; the same seed gives byte-identical files, different seeds
+            independent objects and poses (train: ``levels=(0,), seed=0``; test: ``seed=1``).
+        image_size: ``H`` or ``(H, W)`` (ints >= 16) overriding ``config.image_size``; None
+            keeps the config's (default ``(128, 128)``).
+        categories: sequence of names from ``CATEGORIES`` (not a bare str).
+        config: other generator settings (``SceneConfig``; None = defaults).
         progress: show a tqdm bar.
 
     Returns:
         ``{"images", "samples", "seconds", "images_per_s", "bytes", "meta"}``.
+
+    Raises:
+        OcclusionError: a sample's mask admits no occluders in its level's range (the folder is
+            left marked as interrupted, without ``meta.json``).
     """
-    if not isinstance(per_category, int) or per_category < 1:
-        raise ValueError(f"per_category must be a positive int, got {per_category!r}")
-    levels = sorted(set(int(k) for k in levels))
-    if not levels or any(k not in (0, 1, 2, 3) for k in levels):
-        raise ValueError(f"levels must be a non-empty subset of 0, 1, 2, 3; got {levels}")
-    categories = list(categories)
-    bad = [c for c in categories if c not in CATEGORIES]
-    if bad or not categories:
-        raise ValueError(f"categories must be names from {CATEGORIES}, got {categories}")
-    hw = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
-    config = SceneConfig(**{**asdict(config or SceneConfig()), "image_size": hw})
-    out = Path(out)
+    per_category, levels, seed, categories, config = check_dataset_args(
+        per_category, levels, seed, categories, image_size, config)
+    out = _checks.path("out", out)
     _prepare_out(out, overwrite)
     from tqdm.auto import tqdm
 
@@ -392,6 +470,7 @@ def generate_dataset(out, per_category: int, levels=(0, 1, 2, 3), seed: int = 0,
                 write_list(out / f"L{k}" / "lists" / f"{cat}.txt", [sample_id(cat, i) for i in range(per_category)])
         meta = dataset_meta(per_category, levels, seed, categories, config)
         atomic_write_bytes(out / "meta.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+        (out / MARKER).unlink()  # complete: from now on meta.json is what marks the folder as ours
     seconds = time.perf_counter() - start
     n_images = len(jobs) * len(levels)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
