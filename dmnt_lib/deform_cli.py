@@ -3,7 +3,9 @@ template-vs-deformed chamfer distance and silhouette IoU; plus the ``make demo``
 
 Numbers: per category, the mean over its CAD models of ``deform.evaluate``'s metrics (chamfer:
 squared, object units, 4000 area-uniform samples; IoU: hard silhouettes from 4 held-out views
-at 64 px). The final ``mean`` line averages the categories with equal weight.
+at 64 px). A ``total`` row gives the summed model count and wall time; the final line,
+``mean chamfer template=<x> deformed=<y>; silhouette IoU template=<a> deformed=<b>``,
+averages the categories with equal weight and is always the last line printed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -32,15 +35,58 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--data", type=Path, required=True, help="dataset folder holding CAD/<category>/NN.off")
     p.add_argument("--categories", nargs="+", metavar="CATEGORY", help="categories to fit (default: every folder in DATA/CAD)")
-    p.add_argument("--steps", type=int, help="optimisation steps per category (default 600; 200 with --quick)")
+    p.add_argument("--steps", type=_int_at_least(0), help="optimisation steps per category (default 600; 200 with --quick)")
     p.add_argument("--quick", action="store_true", default=os.environ.get("DMNT_QUICK") == "1",
                    help="2-core preset: 6x128 net, 642-vertex template, 200 steps of 4 models (default from DMNT_QUICK=1)")
     p.add_argument("--checkpoint-dir", type=Path, help="save <dir>/<category>.pt and resume from it when present")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument("--threads", type=_int_at_least(1), help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=run)
     return p
+
+
+def _int_at_least(low: int):
+    """argparse type: an int ``>= low`` (anything else is a usage error, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int>={low}"  # argparse names the type in its messages
+    return parse
+
+
+def _device(text: str) -> str:
+    """argparse type: a string ``torch.device`` accepts (availability is checked in ``run``)."""
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} (e.g. cpu, cuda, cuda:0)") from None
+    return text
+
+
+def _device_problem(text: str) -> str | None:
+    """Why ``text`` cannot be used here (one line), or None when it can."""
+    dev = torch.device(text)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"--device {text}: no CUDA GPU is available here (torch.cuda.is_available() is False); use --device cpu"
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+        return None
+    if dev.type == "cpu":
+        return None
+    try:
+        torch.empty(0, device=dev)
+    except Exception as e:  # noqa: BLE001 -- any backend failure becomes the one-line message
+        return f"--device {text}: not usable here ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+    return None
 
 
 def _categories(data_dir: Path, wanted) -> list[str]:
@@ -62,13 +108,15 @@ def _categories(data_dir: Path, wanted) -> list[str]:
 def fit_categories(data_dir, categories=None, config=None, checkpoint_dir=None, device="cpu", progress=True, echo=print):
     """Fit and evaluate every category; returns ``[(category, FitResult, cad_models, metrics, seconds)]``.
 
-    ``echo`` receives the table, one line at a time (header, a row per category, the mean line).
+    ``echo`` receives the table, one line at a time: the header, a row per category, a
+    ``total`` row (models, wall seconds), and last the ``mean chamfer ...`` line.
     """
     from tqdm.auto import tqdm
 
     from .deform import FitConfig, evaluate, fit_category, load_cad_models
 
     config = config or FitConfig()
+    start = time.perf_counter()
     cats = _categories(Path(data_dir), categories)
     echo(f"{'category':<12} {'models':>6} {'chamfer tmpl':>12} {'chamfer def':>12} {'IoU tmpl':>8} {'IoU def':>8} {'time s':>7}")
     rows = []
@@ -84,6 +132,8 @@ def fit_categories(data_dir, categories=None, config=None, checkpoint_dir=None, 
              f"{m['iou_template']:>8.3f} {m['iou_deformed']:>8.3f} {secs:>7.1f}")
         rows.append((cat, result, models, metrics, secs))
     mean = {k: sum(sum(r[3][k]) / len(r[3][k]) for r in rows) / len(rows) for k in rows[0][3]}
+    blank = f"{'':>12} {'':>12} {'':>8} {'':>8}"
+    echo(f"{'total':<12} {sum(len(r[2]) for r in rows):>6} {blank} {time.perf_counter() - start:>7.1f}")
     echo(f"mean chamfer template={mean['chamfer_template']:.4g} deformed={mean['chamfer_deformed']:.4g}; "
          f"silhouette IoU template={mean['iou_template']:.3f} deformed={mean['iou_deformed']:.3f}")
     return rows
@@ -103,12 +153,14 @@ def _config(quick: bool, steps: int | None, seed: int):
 def run(args) -> int:
     from tqdm.auto import tqdm
 
+    problem = _device_problem(args.device)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     config = _config(args.quick, args.steps, args.seed)
-    t0 = time.perf_counter()
     fit_categories(args.data, args.categories, config, args.checkpoint_dir, args.device, progress=True, echo=tqdm.write)
-    tqdm.write(f"total {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -128,8 +180,11 @@ def demo(figures_dir: Path, data_dir: Path, cache_dir: Path, quick: bool) -> lis
     if not (data_dir / "CAD").is_dir():
         raise FileNotFoundError(f"{data_dir / 'CAD'} does not exist: the deformation demo needs the CAD models "
                                 "(generate a dataset first, e.g. `python -m dmnt_lib data --out DIR`)")
+    from .deform.fit import CHECKPOINT_FORMAT
+
     config = _config(True, 100 if quick else None, 0)
-    key = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    # The format is part of the key: a cache written by an older version is not reused (nor an error).
+    key = hashlib.sha1(json.dumps({"format": CHECKPOINT_FORMAT, **config.to_dict()}, sort_keys=True).encode()).hexdigest()[:12]
     categories = [c for c in DEMO_CATEGORIES if (data_dir / "CAD" / c).is_dir()]
     rows = fit_categories(data_dir, categories or None, config, Path(cache_dir) / "deform" / key, progress=False)
     path = deformation_figure([(c, r, m, met) for c, r, m, met, _ in rows], Path(figures_dir) / "deformation.png")

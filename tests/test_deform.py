@@ -1,8 +1,10 @@
 """Deformable meshes: the MLP, regularizers, soft silhouettes, fitting, checkpoints, latent fitting."""
 
 import math
+import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 from dmnt_lib.camera import pose_to_cameras
 from dmnt_lib.deform import (
     CADModel,
+    CodeAdam,
     DeformableMesh,
     DeformationNet,
     FitConfig,
@@ -27,6 +30,7 @@ from dmnt_lib.deform import (
     offset_magnitude,
     positional_encoding,
     sample_surface,
+    save_checkpoint,
     silhouette_iou,
     soft_iou_loss,
     soft_silhouette,
@@ -317,17 +321,32 @@ def test_fitting_halves_chamfer_and_raises_silhouette_iou(fitted):
 
 @pytest.mark.slow
 def test_fit_latent_beats_the_mean_code(fitted):
+    """The code fitted to two silhouettes beats the mean code on those views, on three views it
+    never saw, and in 3D (chamfer to the CAD model)."""
     models, config, result, _ = fitted
     mesh = result.mesh
+    faces = mesh.template.faces
     before = {k: v.clone() for k, v in mesh.state_dict().items()}
     radius = float(torch.linalg.vector_norm(mesh.template_verts, dim=1).max())
     cams = view_cameras([(60.0, 15.0), (150.0, 30.0)], radius, 64)
+    unseen = view_cameras([(250.0, 20.0), (330.0, 40.0), (15.0, 60.0)], radius, 64)
+
+    def unseen_iou(code, m):
+        pred = hard_silhouette(mesh.deformed_verts(code).detach()[None].expand(3, -1, -1), faces, unseen, 64)
+        return float(silhouette_iou(pred, hard_silhouette(m.verts[None].expand(3, -1, -1), m.faces, unseen, 64)).mean())
+
+    def chamfer_to_cad(code, m):
+        pts = sample_surface(mesh.deformed_verts(code).detach(), faces, 3000, torch.Generator().manual_seed(1))
+        return float(chamfer_distance(pts[None], sample_surface(m.verts, m.faces, 3000, torch.Generator().manual_seed(2))[None])[0])
+
     for m in models:
         target = hard_silhouette(m.verts[None].expand(2, -1, -1), m.faces, cams, 64)
         fit = fit_latent(mesh, cams, target, steps=40, lr=0.05)
         assert torch.equal(fit.init, mesh.mean_code())
         assert fit.iou_fit > fit.iou_init
         assert fit.history[-1] < fit.history[0]
+        assert unseen_iou(fit.z, m) > unseen_iou(fit.init, m), m.name
+        assert chamfer_to_cad(fit.z, m) < chamfer_to_cad(fit.init, m), m.name
     assert all(torch.equal(before[k], v) for k, v in mesh.state_dict().items())
     assert all(p.requires_grad for p in mesh.parameters())
 
@@ -349,6 +368,54 @@ def test_fit_latent_rejects_bad_inputs():
         fit_latent(mesh.net, cams, good)
 
 
+def test_code_adam_is_torch_adam_per_drawn_code():
+    """Each row follows torch.optim.Adam run on that row alone, over the steps it was drawn in."""
+    g = torch.Generator().manual_seed(0)
+    codes = torch.nn.Parameter(torch.randn(5, 6, generator=g))
+    alone = [torch.nn.Parameter(codes.detach()[r].clone()) for r in range(5)]
+    ref = [torch.optim.Adam([p], lr=0.01, foreach=False) for p in alone]
+    opt = CodeAdam(codes, 0.01)
+    for _ in range(25):
+        rows = torch.randperm(5, generator=g)[:2].tolist()
+        grad = torch.randn(5, 6, generator=g)
+        codes.grad = grad.clone()
+        opt.step(rows)
+        for r in rows:
+            alone[r].grad = grad[r].clone()
+            ref[r].step()
+        assert torch.equal(codes.detach(), torch.stack([p.detach() for p in alone]))
+    assert opt.step_count.tolist() == [int(o.state[p]["step"]) for o, p in zip(ref, alone)]
+    assert int(opt.step_count.sum()) == 50
+    with pytest.raises(ValueError, match="rows"):
+        opt.step([1, 1])
+
+
+def test_codes_not_drawn_at_a_step_do_not_move(tmp_path):
+    """models_per_step=1: at every step exactly one code takes an Adam step; every other code
+    and its Adam state are bitwise unchanged (checkpoint after each step, read in the callback)."""
+    models = load_cad_models(_write_cad_set(tmp_path), "thing")
+    config = FitConfig(steps=8, checkpoint_every=1, models_per_step=1, **TINY)
+    ckpt = tmp_path / "thing.pt"
+    initial = fit_category(models, FitConfig(**{**config.to_dict(), "steps": 0}), progress=False).mesh.latents.detach()
+    snaps = [(initial, torch.zeros(3, dtype=torch.int64), torch.zeros_like(initial), torch.zeros_like(initial))]
+
+    def record(step, losses):
+        result, opt, _ = load_checkpoint(ckpt)
+        snaps.append((result.mesh.latents.detach(), opt["codes"]["step_count"], opt["codes"]["exp_avg"], opt["codes"]["exp_avg_sq"]))
+
+    final = fit_category(models, config, checkpoint=ckpt, callback=record, progress=False)
+    drawn = []
+    for (z0, n0, m0, v0), (z1, n1, m1, v1) in zip(snaps[:-1], snaps[1:]):
+        (row,) = torch.nonzero(n1 != n0)[:, 0].tolist()  # one code drew its Adam step
+        assert n1[row] == n0[row] + 1
+        others = torch.arange(3) != row
+        for before, after in ((z0, z1), (m0, m1), (v0, v1)):
+            assert torch.equal(before[others], after[others])
+        drawn.append(row)
+    assert len(set(drawn)) > 1 and not torch.equal(snaps[-1][0], initial)  # several codes drawn, and they moved
+    assert torch.equal(final.mesh.latents.detach(), snaps[-1][0])
+
+
 def test_checkpoint_round_trip_is_bitwise(tmp_path):
     models = load_cad_models(_write_cad_set(tmp_path), "thing")
     config = FitConfig(steps=4, checkpoint_every=2, **TINY)
@@ -360,13 +427,52 @@ def test_checkpoint_round_trip_is_bitwise(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(loaded.mesh.deformed_verts(loaded.mesh.latents), result.mesh.deformed_verts(result.mesh.latents))
     assert loaded.history == result.history
-    assert all(torch.equal(opt_state["state"][0][k], v) for k, v in opt_state["state"][0].items())
-    assert not list(ckpt.parent.glob("*.tmp"))  # atomic write leaves no temp file
+    assert loaded.optimizer is None and result.optimizer is not None
+    _assert_same_state(opt_state, result.optimizer.state_dict())  # the live optimizer's state, saved bitwise
+    assert opt_state["codes"]["step_count"].sum() == 4 * 3  # every model drawn at each of the 4 steps
+    assert sorted(os.listdir(ckpt.parent)) == ["thing.pt"]  # atomic write leaves no temp file
+
+
+def _assert_same_state(a, b, where="state"):
+    """Nested dicts/lists of tensors and scalars are equal, tensors bitwise (dtype included)."""
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same_state(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_state(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def test_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    models = load_cad_models(_write_cad_set(tmp_path), "thing")
+    ckpt = tmp_path / "ck" / "thing.pt"
+    result = fit_category(models, FitConfig(steps=2, **TINY), checkpoint=ckpt, progress=False)
+    saved = ckpt.read_bytes()
+
+    def failing_save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(saved[: len(saved) // 2])  # a partial write, then the failure
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    result.steps += 1
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(ckpt, result, result.optimizer, "thing")
+    monkeypatch.undo()
+    assert ckpt.read_bytes() == saved
+    assert sorted(os.listdir(ckpt.parent)) == ["thing.pt"]
+    assert load_checkpoint(ckpt)[0].steps == 2
 
 
 def test_interrupted_fit_resumes_to_the_same_result(tmp_path):
     models = load_cad_models(_write_cad_set(tmp_path), "thing")
-    config = FitConfig(steps=6, checkpoint_every=3, **TINY)
+    config = FitConfig(steps=6, checkpoint_every=3, models_per_step=2, **TINY)  # per-code Adam state must resume too
     straight = fit_category(models, config, progress=False)
 
     def interrupt(step, losses):
@@ -381,10 +487,54 @@ def test_interrupted_fit_resumes_to_the_same_result(tmp_path):
     assert resumed.steps == 6 and resumed.history == straight.history
     a, b = straight.mesh.state_dict(), resumed.mesh.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    _assert_same_state(straight.optimizer.state_dict(), resumed.optimizer.state_dict())
     with pytest.raises(ValueError, match="different config"):
-        fit_category(models, FitConfig(steps=7, checkpoint_every=3, **TINY), checkpoint=ckpt, progress=False)
+        fit_category(models, FitConfig(steps=7, checkpoint_every=3, models_per_step=2, **TINY), checkpoint=ckpt, progress=False)
     with pytest.raises(ValueError, match="models"):
         fit_category(models[:2], config, checkpoint=ckpt, progress=False)
+
+
+def _train_view_iou(mesh, models, config):
+    """Per model: mean hard-silhouette IoU over the training ``config.views`` at ``config.image_size``."""
+    radius = float(torch.linalg.vector_norm(mesh.template_verts, dim=1).max())
+    cams = view_cameras(config.views, radius, config.image_size)
+    nv = len(config.views)
+    out = []
+    for n, m in enumerate(models):
+        target = hard_silhouette(m.verts[None].expand(nv, -1, -1), m.faces, cams, config.image_size)
+        pred = hard_silhouette(mesh.deformed_verts(n).detach()[None].expand(nv, -1, -1), mesh.template.faces, cams, config.image_size)
+        out.append(float(silhouette_iou(pred, target).mean()))
+    return out
+
+
+def test_silhouette_term_alone_fits_the_training_silhouettes(tmp_path):
+    """Only w_silhouette is non-zero: the soft IoU loss falls and every model's hard IoU on the
+    training views rises (inverted targets, or a silhouette term left out of the loss, would not)."""
+    models = load_cad_models(_write_cad_set(tmp_path), "thing")
+    weights = dict(w_chamfer=0.0, w_laplacian=0.0, w_edge=0.0, w_offset=0.0, w_latent=0.0, w_silhouette=1.0)
+    config = FitConfig(steps=20, lr_net=5e-3, lr_latent=5e-2, sigma=0.5, **{**TINY, "silhouette_batch": 12}, **weights)
+    result = fit_category(models, config, progress=False)
+    untrained = fit_category(models, FitConfig(**{**config.to_dict(), "steps": 0}), progress=False)
+    before, after = _train_view_iou(untrained.mesh, models, config), _train_view_iou(result.mesh, models, config)
+    assert all(a > b for a, b in zip(after, before)), (before, after)
+    h = result.history["silhouette"]
+    assert h[-1] < h[0] and sum(h[-5:]) < sum(h[:5])
+
+
+def test_fit_accepts_the_projects_cad_models():
+    """dmnt_lib.data's CADModel (index, no name) and any verts/faces object fit like deform's CADModel."""
+    from dmnt_lib.data import cad_models
+
+    cars = cad_models("car")
+    config = FitConfig(steps=2, **TINY)
+    ours = [CADModel(f"{m.index:02d}", m.verts, m.faces) for m in cars]
+    a, b = fit_category(cars, config, progress=False), fit_category(ours, config, progress=False)
+    assert a.names == b.names == [f"{i:02d}" for i in range(1, len(cars) + 1)]
+    sa, sb = a.mesh.state_dict(), b.mesh.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa) and a.history == b.history
+    assert evaluate(a.mesh, cars, config) == evaluate(b.mesh, ours, config)
+    plain = [SimpleNamespace(verts=m.verts, faces=m.faces) for m in cars[:2]]
+    assert fit_category(plain, config, progress=False).names == ["01", "02"]
 
 
 def test_fitting_inputs_are_checked(tmp_path):
@@ -411,21 +561,153 @@ def test_fitting_inputs_are_checked(tmp_path):
         load_checkpoint(bad)
 
 
+@pytest.mark.parametrize("eval_views", [((0.0, 5.0),), ((360.0, 5.0), (30.0, 20.0)), ((-270.0, 5.0),)])
+def test_eval_views_must_be_held_out(eval_views):
+    with pytest.raises(ValueError, match="eval_views.*held out"):
+        FitConfig(eval_views=eval_views)  # (360, 5) and (-270, 5) look from the training views (0, 5) and (90, 5)
+    with pytest.raises(ValueError, match="held out"):
+        FitConfig(views=((0.0, 90.0),), eval_views=((123.0, 90.0),))  # the same pole
+    assert FitConfig(eval_views=((0.0, 6.0),)).eval_views == ((0.0, 6.0),)
+
+
+NAN = float("nan")
+E = mesh_edges(cuboid_template([1.0, 1.0, 1.0], num_verts=50).faces)
+
+# (label, call, exception, message pattern): every bad input named in the error, raised up front.
+BAD_CALLS = [
+    ("init list", lambda k: fit_latent(k.mesh, k.cams, k.mask, init=[0.0] * 8), TypeError, "init"),
+    ("init int", lambda k: fit_latent(k.mesh, k.cams, k.mask, init=torch.zeros(8, dtype=torch.int64)), TypeError, "init"),
+    ("init nan", lambda k: fit_latent(k.mesh, k.cams, k.mask, init=torch.full((8,), NAN)), ValueError, "init"),
+    ("prior nan", lambda k: fit_latent(k.mesh, k.cams, k.mask, prior_weight=NAN), ValueError, "prior_weight"),
+    ("prior < 0", lambda k: fit_latent(k.mesh, k.cams, k.mask, prior_weight=-1.0), ValueError, "prior_weight"),
+    ("lr 0", lambda k: fit_latent(k.mesh, k.cams, k.mask, lr=0.0), ValueError, "lr"),
+    ("lr str", lambda k: fit_latent(k.mesh, k.cams, k.mask, lr="0.1"), TypeError, "lr"),
+    ("steps bool", lambda k: fit_latent(k.mesh, k.cams, k.mask, steps=True), ValueError, "steps"),
+    ("steps float", lambda k: fit_latent(k.mesh, k.cams, k.mask, steps=2.0), ValueError, "steps"),
+    ("sigma 0", lambda k: fit_latent(k.mesh, k.cams, k.mask, sigma=0.0), ValueError, "sigma"),
+    ("num_models bool", lambda k: DeformableMesh(k.mesh.template, True, k.mesh.net), ValueError, "num_models"),
+    ("seed str", lambda k: DeformableMesh(k.mesh.template, 2, k.mesh.net, seed="x"), TypeError, "seed"),
+    ("z float64", lambda k: k.mesh.offsets(torch.zeros(8, dtype=torch.float64)), TypeError, "z must have the net's dtype"),
+    ("z int", lambda k: k.mesh.net(torch.zeros(4, 3), torch.zeros(8, dtype=torch.int64)), TypeError, "z"),
+    ("z nan", lambda k: k.mesh.offsets(torch.full((8,), NAN)), ValueError, "z contains NaN"),
+    ("z list", lambda k: k.mesh.net(torch.zeros(4, 3), [0.0] * 8), TypeError, "z"),
+    ("points nan", lambda k: k.mesh.net(torch.full((4, 3), NAN), torch.zeros(8)), ValueError, "points"),
+    ("chamfer int", lambda k: chamfer_distance(torch.zeros(1, 4, 3, dtype=torch.int64), torch.zeros(1, 4, 3)), TypeError, "x"),
+    ("chamfer mixed", lambda k: chamfer_distance(torch.zeros(1, 4, 3), torch.zeros(1, 4, 3, dtype=torch.float64)), TypeError, "dtype"),
+    ("chamfer nan", lambda k: chamfer_distance(torch.zeros(1, 4, 3), torch.full((1, 4, 3), NAN)), ValueError, "y contains NaN"),
+    ("chamfer list", lambda k: chamfer_distance([[[0.0, 0, 0]]], torch.zeros(1, 4, 3)), TypeError, "x"),
+    ("laplacian edge >= V", lambda k: laplacian_smoothness(torch.zeros(10, 3), E[:4].clamp(max=10)), ValueError, "edges"),
+    ("laplacian edge < 0", lambda k: laplacian_smoothness(torch.zeros(50, 3), -E), ValueError, "edges"),
+    ("laplacian edges int32", lambda k: laplacian_smoothness(torch.zeros(50, 3), E.int()), TypeError, "edges"),
+    ("edge loss verts list", lambda k: edge_length_loss([[0.0, 0, 0]], torch.zeros(1, 3), E), TypeError, "verts"),
+    ("edge loss template list", lambda k: edge_length_loss(torch.zeros(50, 3), [[0.0, 0, 0]] * 50, E), TypeError, "template_verts"),
+    ("edge loss edges range", lambda k: edge_length_loss(torch.rand(10, 3), torch.rand(10, 3), E[:4].clamp(max=10)), ValueError, "edges"),
+    ("mesh_edges list", lambda k: mesh_edges([[0, 1, 2]]), TypeError, "faces"),
+    ("mesh_edges int32", lambda k: mesh_edges(torch.tensor([[0, 1, 2]], dtype=torch.int32)), TypeError, "faces"),
+    ("iou lists", lambda k: silhouette_iou([[[True]]], [[[True]]]), TypeError, "a must"),
+    ("soft iou list", lambda k: soft_iou_loss([[[0.5]]], torch.ones(1, 1, 1, dtype=torch.bool)), TypeError, "pred"),
+    ("skip >= depth", lambda k: FitConfig(skip=(9,)), ValueError, "skip"),
+    ("skip 0", lambda k: FitConfig(skip=(0,)), ValueError, "skip"),
+    ("seed str", lambda k: FitConfig(seed="x"), TypeError, "seed"),
+    ("seed < 0", lambda k: FitConfig(seed=-1), ValueError, "seed"),
+    ("steps float", lambda k: FitConfig(steps=1.5), TypeError, "steps"),
+    ("views nan", lambda k: FitConfig(views=((0.0, NAN),)), ValueError, "views"),
+    ("evaluate net", lambda k: evaluate(k.mesh.net, [CADModel("a", k.mesh.template.verts, k.mesh.template.faces)] * 3, FitConfig(**TINY)), TypeError, "mesh"),
+    ("evaluate dict", lambda k: evaluate(k.mesh, [CADModel("a", k.mesh.template.verts, k.mesh.template.faces)] * 3, FitConfig(**TINY).to_dict()), TypeError, "config"),
+    ("template str", lambda k: fit_category([CADModel("a", k.mesh.template.verts, k.mesh.template.faces)], FitConfig(**TINY), template="t"), TypeError, "template"),
+    ("cad faces range", lambda k: make_template([CADModel("a", torch.rand(3, 3), torch.tensor([[0, 1, 3]]))]), ValueError, r"cad_models\[0\].faces"),
+]
+
+
+@pytest.mark.parametrize("call, exc, match", [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
+def test_bad_inputs_get_a_clear_error(call, exc, match):
+    mesh = _small_net_mesh()
+    mask = torch.zeros(2, 16, 16, dtype=torch.bool)
+    mask[:, 4:10, 4:10] = True
+    with pytest.raises(exc, match=match):
+        call(SimpleNamespace(mesh=mesh, cams=_sphere_cams((16, 16), n=2), mask=mask))
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    root = _write_cad_set(tmp_path_factory.mktemp("ck"))
+    models = load_cad_models(root, "thing")
+    ckpt = root / "thing.pt"
+    fit_category(models, FitConfig(steps=1, **TINY), checkpoint=ckpt, progress=False)
+    return models, ckpt
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda ck: ck.pop("state"), "missing the entries \\['state'\\]"),
+    (lambda ck: ck.pop("optimizer"), "missing the entries \\['optimizer'\\]"),
+    (lambda ck: ck["config"].update(hidden="x"), "'config'"),
+    (lambda ck: ck["config"].update(color=1), "'config'"),
+    (lambda ck: ck["state"].update(latents=torch.zeros(2, 4)), "'state'"),
+    (lambda ck: ck.update(format="dmnt-deform-v1"), "not a dmnt-deform-v2 checkpoint"),
+])
+def test_damaged_checkpoints_get_a_value_error_naming_the_entry(tiny_checkpoint, tmp_path, damage, match):
+    _, ckpt = tiny_checkpoint
+    ck = torch.load(ckpt, weights_only=True)
+    damage(ck)
+    bad = tmp_path / "bad.pt"
+    torch.save(ck, bad)
+    with pytest.raises(ValueError, match=match):
+        load_checkpoint(bad)
+
+
+def test_resuming_from_a_damaged_optimizer_state_is_a_value_error(tiny_checkpoint, tmp_path):
+    models, ckpt = tiny_checkpoint
+    ck = torch.load(ckpt, weights_only=True)
+    ck["optimizer"]["codes"]["exp_avg"] = torch.zeros(5, 4)
+    bad = tmp_path / "thing.pt"
+    torch.save(ck, bad)
+    with pytest.raises(ValueError, match="'optimizer'"):
+        fit_category(models, FitConfig(steps=1, **TINY), checkpoint=bad, progress=False)
+
+
 # --------------------------------------------------------------------------- CLI and pictures
 
 
-def test_cli_prints_table_and_final_line(tmp_path, capsys):
+@pytest.fixture
+def restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_cli_prints_table_and_final_line(tmp_path, capsys, restore_threads):
     from dmnt_lib.__main__ import main
 
     root = _write_cad_set(tmp_path)
-    assert main(["deform", "--data", str(root), "--steps", "2", "--quick", "--checkpoint-dir", str(tmp_path / "ck")]) == 0
+    args = ["deform", "--data", str(root), "--steps", "2", "--quick", "--threads", "1", "--checkpoint-dir", str(tmp_path / "ck")]
+    assert main(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    line = [l for l in out if l.startswith("mean chamfer")]
-    assert len(line) == 1
-    m = re.fullmatch(r"mean chamfer template=(\S+) deformed=(\S+); silhouette IoU template=(\S+) deformed=(\S+)", line[0])
-    assert m, line[0]
-    assert any(l.startswith("thing ") for l in out)
+    m = re.fullmatch(r"mean chamfer template=(\S+) deformed=(\S+); silhouette IoU template=(\S+) deformed=(\S+)", out[-1])
+    assert m, out[-1]
+    row = next(l.split() for l in out if l.startswith("thing "))
+    assert row[1] == "3" and [float(x) for x in row[2:6]] == [float(x) for x in m.groups()]  # one category: mean = its row
+    assert out[-2].split()[:2] == ["total", "3"] and float(out[-2].split()[-1]) >= 0
     assert (tmp_path / "ck" / "thing.pt").is_file()
+
+
+@pytest.mark.parametrize("option", [["--threads", "0"], ["--steps", "-3"], ["--seed", "x"], ["--device", "gpu0"]])
+def test_cli_rejects_bad_options_with_a_usage_error(tmp_path, capsys, option):
+    from dmnt_lib.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["deform", "--data", str(tmp_path), *option])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and f"argument {option[0]}" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_cli_cuda_without_gpu_is_a_one_line_error(tmp_path, capsys):
+    from dmnt_lib.__main__ import main
+
+    assert main(["deform", "--data", str(tmp_path), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --device cuda") and "CUDA" in err[0]
 
 
 def test_demo_needs_cad_models(tmp_path):

@@ -13,6 +13,7 @@ Modules:
     silhouette  soft (SoftRas) and hard silhouettes of vertex batches, IoU.
     fit         ``fit_category`` (net + per-model codes, checkpointed and resumable),
                 ``evaluate`` (template vs deformed: chamfer and silhouette IoU).
+    optim       ``CodeAdam`` (per-code Adam: undrawn codes stay put), ``FitOptimizer``.
     latent      ``fit_latent`` (a code from masks, net frozen, pose given).
     viz         shaded renders, Figure 2, the template-vs-deformed figure.
 """
@@ -26,17 +27,20 @@ from .fit import (
     load_cad_models,
     load_checkpoint,
     make_template,
+    model_names,
     save_checkpoint,
     view_cameras,
 )
 from .latent import LatentFit, fit_latent
+from .optim import CodeAdam, FitOptimizer
 from .geometry import chamfer_distance, edge_length_loss, laplacian_smoothness, mesh_edges, offset_magnitude, sample_surface
 from .net import DeformableMesh, DeformationNet, positional_encoding
 from .silhouette import hard_silhouette, silhouette_iou, soft_iou_loss, soft_silhouette
 
 __all__ = [
     "CADModel", "FitConfig", "FitResult", "LatentFit", "evaluate", "fit_category", "fit_latent",
-    "load_cad_models", "load_checkpoint", "make_template", "save_checkpoint", "view_cameras",
+    "load_cad_models", "load_checkpoint", "make_template", "model_names", "save_checkpoint", "view_cameras",
+    "CodeAdam", "FitOptimizer",
     "chamfer_distance", "edge_length_loss", "laplacian_smoothness", "mesh_edges", "offset_magnitude", "sample_surface",
     "DeformableMesh", "DeformationNet", "positional_encoding",
     "hard_silhouette", "silhouette_iou", "soft_iou_loss", "soft_silhouette",

@@ -13,11 +13,17 @@ units. Each step draws ``models_per_step`` of the models (all if 0), fresh surfa
 and ``silhouette_batch`` of their (model, view) pairs from a generator seeded by
 ``(seed, step)``: a resumed run repeats exactly what an uninterrupted one does. Silhouette
 targets are the CAD models' hard masks from ``views``; the soft renders use
-``silhouette.soft_silhouette``. ``fit_latent`` (test time) lives in ``latent.py``.
+``silhouette.soft_silhouette``. Only the drawn models' codes move at a step (``optim.CodeAdam``:
+per-code Adam), the net with ``torch.optim.Adam``. ``fit_latent`` (test time) lives in ``latent.py``.
 
-Checkpoints (``torch.save``, written to a temp file then ``os.replace``) hold the step, the
-net, the codes, Adam's state, the config (which includes the seed), the template and the
-loss history; ``fit_category(..., checkpoint=path)`` resumes from one.
+CAD models are any objects with ``verts (V, 3)`` float and ``faces (F, 3)`` int64 tensors:
+this module's ``CADModel`` (``load_cad_models``) or ``dmnt_lib.data.CADModel``
+(``dmnt_lib.data.cad_models``). Their names come from ``name``, else ``index`` (``"%02d"``,
+the ``NN.off`` file name), else their 1-based position.
+
+Checkpoints (``torch.save`` through ``fileio.atomic_path``: temp file, then ``os.replace``)
+hold the step, the net, the codes, both optimisers' states, the config (which includes the
+seed), the template and the loss history; ``fit_category(..., checkpoint=path)`` resumes from one.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -33,14 +38,17 @@ from typing import Callable
 import torch
 
 from ..camera import pose_to_cameras
+from ..fileio import atomic_path
 from ..mesh import UVMesh, cuboid_template, read_off
 from .geometry import chamfer_distance, edge_length_loss, laplacian_smoothness, mesh_edges, offset_magnitude, sample_surface
 from .net import DeformableMesh, DeformationNet
+from .optim import FitOptimizer
 from .silhouette import hard_silhouette, silhouette_iou, soft_iou_loss, soft_silhouette
 
 __all__ = [
     "CADModel",
     "load_cad_models",
+    "model_names",
     "make_template",
     "FitConfig",
     "FitResult",
@@ -51,7 +59,9 @@ __all__ = [
     "load_checkpoint",
 ]
 
-CHECKPOINT_FORMAT = "dmnt-deform-v1"
+# v2: the optimizer entry holds {"net": Adam, "codes": CodeAdam} (v1 had one Adam for both).
+CHECKPOINT_FORMAT = "dmnt-deform-v2"
+_CHECKPOINT_KEYS = ("format", "category", "step", "config", "names", "template", "net_config", "state", "optimizer", "history")
 
 
 @dataclass(frozen=True)
@@ -80,18 +90,63 @@ def load_cad_models(data_dir: str | os.PathLike, category: str) -> list[CADModel
 
 def make_template(cad_models: list[CADModel], num_verts: int = 1000) -> UVMesh:
     """The category template: ``mesh.cuboid_template`` around all models' joint bounding box."""
-    _check_models(cad_models)
-    return cuboid_template(meshes_verts=[m.verts for m in cad_models], num_verts=num_verts)
+    model_names(cad_models)
+    return cuboid_template(meshes_verts=[m.verts.float() for m in cad_models], num_verts=num_verts)
 
 
-def _check_models(cad_models) -> None:
+def model_names(cad_models) -> list[str]:
+    """Check CAD models and return their names (see the module docstring).
+
+    Args:
+        cad_models: a non-empty list of objects with ``verts (V, 3)`` float and non-empty
+            ``faces (F, 3)`` int64 tensors (indices in ``[0, V)``, finite coordinates).
+
+    Raises:
+        ValueError / TypeError naming ``cad_models[i]``.
+    """
     if not isinstance(cad_models, (list, tuple)) or not cad_models:
-        raise ValueError("cad_models must be a non-empty list of CADModel")
+        raise ValueError(f"cad_models must be a non-empty list of CAD models, got {type(cad_models).__name__}")
+    names = []
     for i, m in enumerate(cad_models):
-        if not isinstance(m, CADModel):
-            raise TypeError(f"cad_models[{i}] must be a CADModel, got {type(m).__name__}")
-        if m.verts.dim() != 2 or m.verts.shape[1] != 3 or m.faces.dim() != 2 or m.faces.shape[1] != 3 or len(m.faces) == 0:
-            raise ValueError(f"cad_models[{i}] ({m.name}) needs verts (V, 3) and non-empty faces (F, 3)")
+        verts, faces = getattr(m, "verts", None), getattr(m, "faces", None)
+        if not isinstance(verts, torch.Tensor) or not isinstance(faces, torch.Tensor):
+            raise TypeError(f"cad_models[{i}] must have tensor attributes verts and faces (a CADModel), got {type(m).__name__}")
+        if verts.dim() != 2 or verts.shape[1] != 3 or not verts.is_floating_point() or len(verts) == 0:
+            raise ValueError(f"cad_models[{i}].verts must be a float (V, 3) tensor, got {verts.dtype} {tuple(verts.shape)}")
+        if faces.dim() != 2 or faces.shape[1] != 3 or faces.dtype != torch.int64 or len(faces) == 0:
+            raise ValueError(f"cad_models[{i}].faces must be a non-empty int64 (F, 3) tensor, got {faces.dtype} {tuple(faces.shape)}")
+        if faces.min() < 0 or faces.max() >= len(verts):
+            raise ValueError(f"cad_models[{i}].faces indices must lie in [0, {len(verts)})")
+        if not torch.isfinite(verts).all():
+            raise ValueError(f"cad_models[{i}].verts contains NaN or inf")
+        name, index = getattr(m, "name", None), getattr(m, "index", None)
+        if isinstance(name, str):
+            names.append(name)
+        elif isinstance(index, int) and not isinstance(index, bool):
+            names.append(f"{index:02d}")
+        else:
+            names.append(f"{i + 1:02d}")
+    return names
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _views(name: str, v) -> tuple[tuple[float, float], ...]:
+    """Validate a sequence of ``(azimuth, elevation)`` degree pairs and return it as float tuples."""
+    ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_number(a) and math.isfinite(a) for a in p) for p in v)
+    if not ok:
+        raise ValueError(f"FitConfig.{name} must be a non-empty sequence of finite (azimuth, elevation) degree pairs, got {v!r}")
+    return tuple((float(a), float(e)) for a, e in v)
+
+
+def _view_dirs(views) -> torch.Tensor:
+    """Unit directions ``(n, 3)`` float64 from the origin to cameras at ``(azimuth°, elevation°)``:
+    360° apart azimuths, or any azimuth at a pole, give the same direction."""
+    a, e = torch.tensor(views, dtype=torch.float64).deg2rad().unbind(-1)
+    return torch.stack([e.cos() * a.sin(), e.sin(), e.cos() * a.cos()], dim=-1)
 
 
 @dataclass(frozen=True)
@@ -99,7 +154,9 @@ class FitConfig:
     """Everything that determines a fit (stored in checkpoints; resuming requires equality).
 
     Views are ``(azimuth, elevation)`` pairs in **degrees** (PASCAL3D+ convention, theta 0).
-    The full defaults follow the issue (8 × 256 net); ``FitConfig.quick()`` is the 2-core preset.
+    ``eval_views`` must be held out: one that looks from the direction of a training view
+    (``views``) is a ``ValueError``. The full defaults follow the issue (8 × 256 net);
+    ``FitConfig.quick()`` is the 2-core preset.
 
     Loss weights (terms as in the module docstring; chamfer, Laplacian and offset are divided
     by the template scale², so these are unit-free):
@@ -148,25 +205,35 @@ class FitConfig:
 
     def __post_init__(self):
         ints = dict(steps=0, template_verts=8, latent_dim=1, hidden=1, depth=1, num_freqs=0, num_samples=1, image_size=8,
-                    silhouette_batch=0, models_per_step=0, eval_image_size=8, eval_samples=1, checkpoint_every=1)
+                    silhouette_batch=0, models_per_step=0, eval_image_size=8, eval_samples=1, checkpoint_every=1, seed=0)
         for name, low in ints.items():
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise ValueError(f"FitConfig.{name} must be an int >= {low}, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError(f"FitConfig.{name} must be an int, got {v!r}")
+            if v < low:
+                raise ValueError(f"FitConfig.{name} must be >= {low}, got {v!r}")
         for name in ("lr_net", "lr_latent", "lr_decay", "sigma"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            if not (_is_number(v) and math.isfinite(v) and v > 0):
                 raise ValueError(f"FitConfig.{name} must be a positive number, got {v!r}")
         for name in ("w_chamfer", "w_silhouette", "w_laplacian", "w_edge", "w_offset", "w_latent"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            if not (_is_number(v) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"FitConfig.{name} must be a non-negative number, got {v!r}")
         for name in ("views", "eval_views"):
-            v = getattr(self, name)
-            if not v or any(len(p) != 2 for p in v):
-                raise ValueError(f"FitConfig.{name} must be a non-empty sequence of (azimuth, elevation) degrees, got {v!r}")
-            object.__setattr__(self, name, tuple((float(a), float(e)) for a, e in v))
-        object.__setattr__(self, "skip", tuple(int(s) for s in self.skip))
+            object.__setattr__(self, name, _views(name, getattr(self, name)))
+        skip = self.skip
+        if not isinstance(skip, (list, tuple)) or any(not isinstance(k, int) or isinstance(k, bool) or not 0 < k < self.depth for k in skip):
+            raise ValueError(f"FitConfig.skip must be a sequence of ints in [1, depth={self.depth}), got {skip!r}")
+        object.__setattr__(self, "skip", tuple(skip))
+        # "Held-out" IoU must not be measured from a direction the silhouette term trained on.
+        train_dirs = _view_dirs(self.views)
+        for k, d in enumerate(_view_dirs(self.eval_views)):
+            close = (train_dirs @ d) > math.cos(math.radians(1e-3))
+            if close.any():
+                j = int(close.nonzero()[0, 0])
+                raise ValueError(f"FitConfig.eval_views[{k}] = {self.eval_views[k]} coincides with the training view "
+                                 f"views[{j}] = {self.views[j]}: evaluation views must be held out")
 
     @classmethod
     def quick(cls, **overrides) -> "FitConfig":
@@ -189,13 +256,16 @@ class FitConfig:
 @dataclass
 class FitResult:
     """Output of ``fit_category``: the fitted ``mesh``, its ``config``, the model ``names``,
-    ``steps`` done, and ``history`` (per-step loss terms, lists of floats)."""
+    ``steps`` done, ``history`` (per-step loss terms, lists of floats) and the live
+    ``optimizer`` (``optim.FitOptimizer``; ``None`` in a ``load_checkpoint`` result, whose
+    optimizer state is returned separately)."""
 
     mesh: DeformableMesh
     config: FitConfig
     names: list[str]
     steps: int
     history: dict[str, list[float]] = field(default_factory=dict)
+    optimizer: FitOptimizer | None = field(default=None, repr=False)
 
 
 def view_cameras(views, radius: float, image_size: int, device="cpu"):
@@ -235,14 +305,13 @@ def _build(template: UVMesh, n: int, config: FitConfig, device) -> DeformableMes
     return DeformableMesh(template, n, net, seed=config.seed).to(device)
 
 
-def _optimizer(mesh: DeformableMesh, config: FitConfig) -> torch.optim.Adam:
-    return torch.optim.Adam([{"params": mesh.net.parameters(), "lr": config.lr_net}, {"params": [mesh.latents], "lr": config.lr_latent}])
-
-
-def save_checkpoint(path, result: FitResult, optimizer: torch.optim.Optimizer, category: str = "") -> None:
-    """Atomically write a resumable checkpoint of ``result`` (and Adam's state) to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_checkpoint(path, result: FitResult, optimizer: FitOptimizer, category: str = "") -> None:
+    """Atomically write a resumable checkpoint of ``result`` and ``optimizer``'s state to ``path``
+    (``fileio.atomic_path``: if writing fails, a previous file at ``path`` is left intact)."""
+    if not isinstance(result, FitResult):
+        raise TypeError(f"result must be a FitResult, got {type(result).__name__}")
+    if not isinstance(optimizer, FitOptimizer):
+        raise TypeError(f"optimizer must be a FitOptimizer, got {type(optimizer).__name__}")
     t = result.mesh.template
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -256,25 +325,18 @@ def save_checkpoint(path, result: FitResult, optimizer: torch.optim.Optimizer, c
         "optimizer": optimizer.state_dict(),
         "history": result.history,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the checkpoint private
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_checkpoint(path, device="cpu") -> tuple[FitResult, dict, str]:
     """Load a checkpoint: ``(FitResult, optimizer_state_dict, category)``.
 
+    ``optimizer_state_dict`` is ``FitOptimizer.state_dict()`` of the run that wrote it.
+
     Raises:
-        FileNotFoundError: ``path`` is missing. ValueError: not a deformation checkpoint.
+        FileNotFoundError: ``path`` is missing. ValueError: not a deformation checkpoint, or
+        one with a missing or inconsistent entry (the message names it).
     """
     path = Path(path)
     if not path.is_file():
@@ -284,13 +346,24 @@ def load_checkpoint(path, device="cpu") -> tuple[FitResult, dict, str]:
     except Exception as e:  # a truncated or foreign file
         raise ValueError(f"{path}: not a readable checkpoint ({e})") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
-    config = FitConfig.from_dict(ck["config"])
-    template = UVMesh(**ck["template"])
-    with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG untouched
-        net = DeformationNet(**ck["net_config"])
-    mesh = DeformableMesh(template, len(ck["names"]), net)
-    mesh.load_state_dict(ck["state"])
+        found = ck.get("format") if isinstance(ck, dict) else None
+        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (format: {found!r})")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ck]
+    if missing:
+        raise ValueError(f"{path}: checkpoint is missing the entries {missing}")
+    entry = "config"
+    try:  # a damaged entry gets a ValueError naming it, not a TypeError/KeyError from deep inside
+        config = FitConfig.from_dict(ck["config"])
+        entry = "template"
+        template = UVMesh(**ck["template"])
+        entry = "net_config"
+        with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG untouched
+            net = DeformationNet(**ck["net_config"])
+        entry = "state"
+        mesh = DeformableMesh(template, len(ck["names"]), net)
+        mesh.load_state_dict(ck["state"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        raise ValueError(f"{path}: bad checkpoint entry {entry!r}: {e}") from None
     result = FitResult(mesh.to(device), config, list(ck["names"]), int(ck["step"]), ck["history"])
     return result, ck["optimizer"], ck["category"]
 
@@ -309,7 +382,8 @@ def fit_category(
     """Fit one category's deformable mesh to its CAD models (see the module docstring).
 
     Args:
-        cad_models: the ``N`` CAD models (``load_cad_models``).
+        cad_models: the ``N`` CAD models (``load_cad_models``, ``dmnt_lib.data.cad_models``, or
+            any objects with ``verts``/``faces``: see ``model_names``).
         config: ``FitConfig``; ``config.steps`` is the total number of steps.
         template: default ``make_template(cad_models, config.template_verts)``.
         checkpoint: file to resume from (if it exists) and to save to every
@@ -320,14 +394,15 @@ def fit_category(
         device: torch device.
 
     Returns:
-        ``FitResult``.
+        ``FitResult`` (with the live ``optimizer``).
     """
     from tqdm.auto import tqdm
 
-    _check_models(cad_models)
+    names = model_names(cad_models)
     if not isinstance(config, FitConfig):
         raise TypeError(f"config must be a FitConfig, got {type(config).__name__}")
-    names = [m.name for m in cad_models]
+    if template is not None and not isinstance(template, UVMesh):
+        raise TypeError(f"template must be a dmnt_lib.mesh.UVMesh, got {type(template).__name__}")
     if template is None:
         template = make_template(cad_models, config.template_verts)
     if checkpoint is not None and Path(checkpoint).is_file():
@@ -340,12 +415,16 @@ def fit_category(
         if not torch.equal(result.mesh.template.faces, template.faces.cpu()) or not torch.allclose(result.mesh.template.verts, template.verts.cpu()):
             raise ValueError(f"checkpoint {checkpoint} was fitted with a different template")
         mesh = result.mesh
-        optimizer = _optimizer(mesh, config)
-        optimizer.load_state_dict(opt_state)
+        optimizer = FitOptimizer(mesh, config.lr_net, config.lr_latent)
+        try:
+            optimizer.load_state_dict(opt_state)
+        except ValueError as e:
+            raise ValueError(f"checkpoint {checkpoint}: bad 'optimizer' entry: {e}") from None
+        result.optimizer = optimizer
     else:
         mesh = _build(template, len(cad_models), config, device)
-        optimizer = _optimizer(mesh, config)
-        result = FitResult(mesh, config, names, 0, {})
+        optimizer = FitOptimizer(mesh, config.lr_net, config.lr_latent)
+        result = FitResult(mesh, config, names, 0, {}, optimizer)
 
     faces = mesh.template.faces.to(device)
     edges = mesh_edges(faces)
@@ -354,13 +433,11 @@ def fit_category(
     n_views = len(config.views)
     targets = _cad_masks(cad_models, config.views, radius, config.image_size, device) if config.w_silhouette > 0 and config.silhouette_batch > 0 else None
     cad = [(m.verts.to(device).float(), m.faces.to(device)) for m in cad_models]
-    base_lrs = [config.lr_net, config.lr_latent]
 
     bar = tqdm(range(result.steps, config.steps), initial=result.steps, total=config.steps, disable=not progress, desc=category or "deform", leave=False)
     for step in bar:
         g = _step_generator(config.seed, step, device)
-        for group, lr in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = lr * config.lr_decay ** (step / max(config.steps, 1))
+        optimizer.set_lr_factor(config.lr_decay ** (step / max(config.steps, 1)))
         n_models = len(cad_models)
         if 0 < config.models_per_step < n_models:
             batch = torch.randperm(n_models, generator=g, device=device)[: config.models_per_step].sort().values.tolist()
@@ -383,9 +460,9 @@ def fit_category(
         terms["offset"] = offset_magnitude(offsets) / scale2
         terms["latent"] = (codes**2).sum(-1).mean()
         loss = sum(getattr(config, f"w_{k}") * v for k, v in terms.items())
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         loss.backward()
-        optimizer.step()
+        optimizer.step(batch)  # codes outside the batch keep their value and Adam state
         losses = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
         for k, v in losses.items():
             result.history.setdefault(k, []).append(v)
@@ -413,7 +490,11 @@ def evaluate(mesh: DeformableMesh, cad_models: list[CADModel], config: FitConfig
         ``{"chamfer_template", "chamfer_deformed", "iou_template", "iou_deformed"}``, each a
         list of ``N`` floats.
     """
-    _check_models(cad_models)
+    if not isinstance(mesh, DeformableMesh):
+        raise TypeError(f"mesh must be a DeformableMesh, got {type(mesh).__name__}")
+    if not isinstance(config, FitConfig):
+        raise TypeError(f"config must be a FitConfig, got {type(config).__name__}")
+    model_names(cad_models)
     if len(cad_models) != mesh.num_models:
         raise ValueError(f"mesh has {mesh.num_models} codes but {len(cad_models)} CAD models were given")
     faces = mesh.template.faces.to(device)

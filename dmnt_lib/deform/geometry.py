@@ -28,15 +28,24 @@ __all__ = [
 ]
 
 
-def _check_faces(faces: torch.Tensor, num_verts: int) -> None:
-    if not isinstance(faces, torch.Tensor):
-        raise TypeError(f"faces must be a torch.Tensor, got {type(faces).__name__}")
-    if faces.dim() != 2 or faces.shape[1] != 3 or faces.dtype != torch.int64:
-        raise ValueError(f"faces must be an int64 (F, 3) tensor, got {faces.dtype} {tuple(faces.shape)}")
-    if faces.numel() == 0:
-        raise ValueError("faces must not be empty")
-    if faces.min() < 0 or faces.max() >= num_verts:
-        raise ValueError(f"faces indices must lie in [0, {num_verts})")
+def _check_index_table(name: str, t, cols: int, num_verts: int | None) -> None:
+    """``t`` must be a non-empty int64 ``(n, cols)`` tensor with indices in ``[0, num_verts)``
+    (only ``>= 0`` when ``num_verts`` is None): out-of-range indices would otherwise crash or
+    silently read other memory in the gathers below."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != torch.int64:
+        raise TypeError(f"{name} must be int64, got {t.dtype}")
+    if t.dim() != 2 or t.shape[1] != cols:
+        raise ValueError(f"{name} must have shape ({name[0].upper()}, {cols}), got {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} must not be empty")
+    if t.min() < 0 or (num_verts is not None and t.max() >= num_verts):
+        raise ValueError(f"{name} indices must lie in [0, {num_verts if num_verts is not None else 'V'})")
+
+
+def _check_faces(faces: torch.Tensor, num_verts: int | None) -> None:
+    _check_index_table("faces", faces, 3, num_verts)
 
 
 def _batched_verts(name: str, verts: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -46,13 +55,14 @@ def _batched_verts(name: str, verts: torch.Tensor) -> tuple[torch.Tensor, bool]:
         raise ValueError(f"{name} must have shape (V, 3) or (B, V, 3), got {tuple(verts.shape)}")
     if not verts.is_floating_point():
         raise TypeError(f"{name} must be floating point, got {verts.dtype}")
+    if not torch.isfinite(verts).all():
+        raise ValueError(f"{name} contains NaN or inf")
     return (verts[None], True) if verts.dim() == 2 else (verts, False)
 
 
 def mesh_edges(faces: torch.Tensor) -> torch.Tensor:
-    """Unique undirected edges ``(E, 2)`` int64 (``i < j``, lexicographically sorted) of a triangle mesh ``faces (F, 3)``."""
-    if faces.dim() != 2 or faces.shape[1] != 3:
-        raise ValueError(f"faces must have shape (F, 3), got {tuple(faces.shape)}")
+    """Unique undirected edges ``(E, 2)`` int64 (``i < j``, lexicographically sorted) of a triangle mesh ``faces (F, 3)`` int64."""
+    _check_faces(faces, None)
     e = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
     e = torch.sort(e, dim=1).values
     return torch.unique(e, dim=0)
@@ -121,14 +131,22 @@ def chamfer_distance(x: torch.Tensor, y: torch.Tensor, chunk: int = 512) -> torc
     Brute force in chunks of ``chunk`` query points (memory ``O(chunk · max(P, Q))``).
 
     Args:
-        x: ``(B, P, 3)`` float; y: ``(B, Q, 3)`` float, same ``B``.
+        x: ``(B, P, 3)`` float; y: ``(B, Q, 3)``, same ``B``, dtype and device; both finite.
 
     Returns:
-        ``(B,)``, differentiable in both.
+        ``(B,)``, the inputs' dtype, differentiable in both.
     """
     for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[-1] != 3 or t.shape[1] == 0:
-            raise ValueError(f"{name} must be a non-empty (B, N, 3) tensor, got {getattr(t, 'shape', type(t))}")
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 3 or t.shape[-1] != 3 or t.shape[1] == 0:
+            raise ValueError(f"{name} must be a non-empty (B, N, 3) tensor, got {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got {t.dtype}")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name} contains NaN or inf")
+    if x.dtype != y.dtype or x.device != y.device:
+        raise TypeError(f"x and y must have the same dtype and device, got {x.dtype}/{x.device} and {y.dtype}/{y.device}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y must have the same batch size, got {x.shape[0]} and {y.shape[0]}")
     if not isinstance(chunk, int) or chunk < 1:
@@ -147,8 +165,7 @@ def laplacian_smoothness(x: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
         scalar tensor.
     """
     x, _ = _batched_verts("x", x)
-    if edges.dim() != 2 or edges.shape[1] != 2 or edges.dtype != torch.int64:
-        raise ValueError(f"edges must be an int64 (E, 2) tensor, got {edges.dtype} {tuple(edges.shape)}")
+    _check_index_table("edges", edges, 2, x.shape[1])
     b, n, _ = x.shape
     i, j = edges[:, 0], edges[:, 1]
     nbr_sum = torch.zeros_like(x)
@@ -171,8 +188,10 @@ def edge_length_loss(verts: torch.Tensor, template_verts: torch.Tensor, edges: t
         scalar tensor.
     """
     v, _ = _batched_verts("verts", verts)
+    _batched_verts("template_verts", template_verts)
     if template_verts.shape != v.shape[1:]:
         raise ValueError(f"template_verts must have shape {tuple(v.shape[1:])}, got {tuple(template_verts.shape)}")
+    _check_index_table("edges", edges, 2, v.shape[1])
     l0 = torch.linalg.vector_norm(template_verts[edges[:, 0]] - template_verts[edges[:, 1]], dim=-1)
     if not (l0 > 0).all():
         raise ValueError("template_verts has zero-length edges")

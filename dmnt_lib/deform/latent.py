@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -46,11 +47,16 @@ def fit_latent(
         mesh: a fitted ``DeformableMesh`` (its parameters are not modified).
         cameras: PyTorch3D cameras, batch ``B``, the known poses.
         target_mask: ``(B, H, W)`` bool silhouettes (amodal masks).
-        steps, lr: Adam iterations and learning rate for ``z``.
-        init: optional ``(D,)`` starting code.
+        steps, lr: Adam iterations (int ``>= 0``) and learning rate (``> 0``) for ``z``.
+        init: optional ``(D,)`` float, finite starting code (cast to the mesh's dtype).
+        prior_weight: weight ``>= 0`` of the pull towards the mean code.
+        sigma: soft-silhouette softness ``> 0`` in squared pixels (``soft_silhouette``).
 
     Returns:
         ``LatentFit``.
+
+    Raises:
+        TypeError / ValueError naming the argument, before any optimisation step.
     """
     from tqdm.auto import tqdm
 
@@ -64,13 +70,25 @@ def fit_latent(
         raise ValueError(f"cameras must be PyTorch3D cameras with batch {target_mask.shape[0]} (one per target mask)")
     if not target_mask.flatten(1).any(1).all():
         raise ValueError("target_mask: every view needs at least one object pixel")
-    if not isinstance(steps, int) or steps < 0:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    for name, v, positive in (("lr", lr, True), ("prior_weight", prior_weight, False), ("sigma", sigma, True)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"{name} must be a number, got {type(v).__name__}")
+        if not math.isfinite(v) or v < 0 or (positive and v == 0):
+            raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
     d = mesh.net.latent_dim
     mean = mesh.mean_code()
+    if init is not None:
+        if not isinstance(init, torch.Tensor):
+            raise TypeError(f"init must be a (D,) torch.Tensor or None, got {type(init).__name__}")
+        if not init.is_floating_point():
+            raise TypeError(f"init must be floating point, got {init.dtype}")
+        if tuple(init.shape) != (d,):
+            raise ValueError(f"init must have shape ({d},), got {tuple(init.shape)}")
+        if not torch.isfinite(init).all():
+            raise ValueError("init contains NaN or inf")
     start = mean if init is None else init.detach().to(mean)
-    if start.shape != (d,):
-        raise ValueError(f"init must have shape ({d},), got {tuple(start.shape)}")
     size = tuple(target_mask.shape[1:])
     b = target_mask.shape[0]
     faces = mesh.template.faces.to(mesh.template_verts.device)

@@ -95,16 +95,27 @@ class DeformationNet(nn.Module):
         """Offsets for every point under every code.
 
         Args:
-            points: ``(V, 3)`` float, normalised template positions.
-            z: ``(D,)`` or ``(B, D)`` float codes.
+            points: ``(V, 3)`` normalised template positions, finite.
+            z: ``(D,)`` or ``(B, D)`` codes, finite.
+            Both must have the dtype of the net's weights (float32 unless converted, e.g.
+            ``.double()``): mixing dtypes is a ``TypeError`` rather than a silent cast.
 
         Returns:
-            ``(V, 3)`` if ``z`` is ``(D,)``, else ``(B, V, 3)``.
+            ``(V, 3)`` if ``z`` is ``(D,)``, else ``(B, V, 3)``, the weights' dtype.
         """
-        if not isinstance(points, torch.Tensor) or points.dim() != 2 or points.shape[1] != 3:
-            raise ValueError(f"points must have shape (V, 3), got {getattr(points, 'shape', type(points))}")
-        if not isinstance(z, torch.Tensor) or z.dim() not in (1, 2) or z.shape[-1] != self.latent_dim:
-            raise ValueError(f"z must have shape ({self.latent_dim},) or (B, {self.latent_dim}), got {getattr(z, 'shape', type(z))}")
+        dtype = self.out.weight.dtype
+        for name, t in (("points", points), ("z", z)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if points.dim() != 2 or points.shape[1] != 3:
+            raise ValueError(f"points must have shape (V, 3), got {tuple(points.shape)}")
+        if z.dim() not in (1, 2) or z.shape[-1] != self.latent_dim:
+            raise ValueError(f"z must have shape ({self.latent_dim},) or (B, {self.latent_dim}), got {tuple(z.shape)}")
+        for name, t in (("points", points), ("z", z)):
+            if t.dtype != dtype:
+                raise TypeError(f"{name} must have the net's dtype {dtype}, got {t.dtype} (convert it with .to({dtype}))")
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{name} contains NaN or inf")
         single = z.dim() == 1
         zb = z[None] if single else z
         enc = positional_encoding(points, self.num_freqs)
@@ -137,8 +148,10 @@ class DeformableMesh(nn.Module):
         super().__init__()
         if not isinstance(template, UVMesh):
             raise TypeError(f"template must be a dmnt_lib.mesh.UVMesh, got {type(template).__name__}")
-        if not isinstance(num_models, int) or num_models < 1:
+        if not isinstance(num_models, int) or isinstance(num_models, bool) or num_models < 1:
             raise ValueError(f"num_models must be a positive int, got {num_models!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f"seed must be an int, got {seed!r}")
         self.net = net if net is not None else DeformationNet()
         if not isinstance(self.net, DeformationNet):
             raise TypeError(f"net must be a DeformationNet, got {type(self.net).__name__}")

@@ -185,6 +185,9 @@ def soft_silhouette(
 
 def silhouette_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image intersection over union of boolean masks ``(B, H, W)`` → ``(B,)`` float32; 1 where both are empty."""
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a bool torch.Tensor, got {type(t).__name__}")
     if a.shape != b.shape or a.dim() != 3:
         raise ValueError(f"masks must both have shape (B, H, W), got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.dtype != torch.bool or b.dtype != torch.bool:
@@ -195,7 +198,12 @@ def silhouette_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def soft_iou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``1 − mean_b Σ p·t / Σ (p + t − p·t)``: soft IoU loss of ``pred (B, H, W)`` in [0, 1] against bool ``target (B, H, W)``."""
+    """``1 − mean_b Σ p·t / Σ (p + t − p·t)``: soft IoU loss of ``pred (B, H, W)`` float in [0, 1] against bool ``target (B, H, W)``."""
+    for name, t in (("pred", pred), ("target", target)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not pred.is_floating_point():
+        raise TypeError(f"pred must be floating point, got {pred.dtype}")
     if pred.shape != target.shape or pred.dim() != 3:
         raise ValueError(f"pred and target must both have shape (B, H, W), got {tuple(pred.shape)} and {tuple(target.shape)}")
     if target.dtype != torch.bool:

@@ -95,7 +95,7 @@ def fit_gallery(result, cad_models, metrics, image_size: int = 96, view=(40.0, 2
         target = hard_silhouette(m.verts[None], m.faces, cam, image_size)[0]
         pred = hard_silhouette(dv[None], faces, cam, image_size)[0]
         axes[0, k].imshow(shade(m.verts, m.faces, cam, image_size)[0], cmap="gray", vmin=0, vmax=1)
-        axes[0, k].set_title(f"CAD {m.name}", fontsize=8)
+        axes[0, k].set_title(f"CAD {result.names[k]}", fontsize=8)
         axes[1, k].imshow(shade(dv, faces, cam, image_size)[0], cmap="gray", vmin=0, vmax=1)
         axes[1, k].set_title(f"CD {metrics['chamfer_template'][k]:.1e}→{metrics['chamfer_deformed'][k]:.1e}", fontsize=6.5)
         axes[2, k].imshow(silhouette_overlay(pred, target))
@@ -186,7 +186,7 @@ def deformation_figure(rows, path, image_size: int = 96, models_per_row: int = 2
         panels = [(shade(mesh.template_verts, faces, cam, image_size)[0], "template")]
         for n in range(min(models_per_row, len(cad_models))):
             m = cad_models[n]
-            panels.append((shade(m.verts, m.faces, cam, image_size)[0], f"CAD {m.name}"))
+            panels.append((shade(m.verts, m.faces, cam, image_size)[0], f"CAD {result.names[n]}"))
             panels.append((shade(mesh.deformed_verts(n), faces, cam, image_size)[0],
                            f"deformed  IoU {metrics['iou_deformed'][n]:.2f}"))
         for c in range(cols):
