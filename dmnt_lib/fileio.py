@@ -12,11 +12,20 @@ from pathlib import Path
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_path", "default_file_mode"]
 
 
-def default_file_mode() -> int:
-    """The mode a plain ``open()`` gives a new file (``0o666`` less the umask); ``mkstemp`` would use 0600."""
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; doing that on every write would race with other
+    # threads creating files. Read it once, at import, before any worker threads exist.
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+_UMASK = _read_umask()
+
+
+def default_file_mode() -> int:
+    """The mode a plain ``open()`` gives a new file (``0o666`` less the umask read at import); ``mkstemp`` would use 0600."""
+    return 0o666 & ~_UMASK
 
 
 class atomic_path:
