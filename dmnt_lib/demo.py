@@ -118,13 +118,13 @@ def _stage_transform(ctx: DemoContext) -> list[Path]:
 
 
 def _stage_data(ctx: DemoContext) -> list[Path]:
-    from .data.cli import demo as data_demo
+    from .data.viz import demo as data_demo
 
     return data_demo(ctx.figures_dir, ctx.cache_dir, ctx.quick)
 
 
 def _stage_deformation(ctx: DemoContext) -> list[Path]:
-    from .data.cli import ensure_dataset
+    from .data.cache import ensure_dataset
     from .deform_cli import demo as deform_demo
 
     # The CAD models of the demo dataset (the data stage made it; this call only reuses it).

@@ -16,7 +16,9 @@ import torch
 
 from dmnt_lib.camera import pose_to_cameras, pose_to_RT, project_points
 from dmnt_lib.data import synthetic
-from dmnt_lib.data.cli import add_parser, demo, ensure_dataset, run
+from dmnt_lib.data.cache import ensure_dataset
+from dmnt_lib.data.cli import add_parser, run
+from dmnt_lib.data.viz import demo
 from dmnt_lib.data.dataset import PoseDataset
 from dmnt_lib.data.occlusion import LEVEL_RANGES, OcclusionError, place_occluders
 from dmnt_lib.data.pascal3d import Pascal3D, read_annotation
