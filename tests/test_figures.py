@@ -1,0 +1,230 @@
+"""The figures: record reading, mask RLE, the failure rule, and every figure function on a tiny
+dataset with synthetic predictions (perturbed true poses, their rendered silhouettes)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dmnt_lib.camera import pose_to_cameras, pose_to_rotation, rotation_error
+from dmnt_lib.figures import paper
+from dmnt_lib.figures.records import (
+    FAILURE_KINDS, Record, decode_mask, encode_mask, failure_cases, failure_kinds, load_records, normalize,
+    pick_per_category, select_failures,
+)
+from dmnt_lib.render import render_mask
+
+CATS = ["car", "chair", "boat"]
+
+
+@pytest.fixture(scope="module")
+def test_images(tmp_path_factory):
+    from dmnt_lib.data import generate_dataset
+
+    root = tmp_path_factory.mktemp("figdata") / "test"
+    generate_dataset(root, 2, [0, 1, 2, 3], 1, 64, CATS, progress=False)
+    return paper.TestImages(root)
+
+
+def _synthetic_records(images, seed=0, wrong_every=5):
+    """A prediction per test image: the true pose plus noise growing with the level, the
+    silhouette of CAD model 01 there, and its measured error and IoU (what evaluate computes)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n, (cat, level, sid, _, _) in enumerate(images.source.items):
+        s = images.sample(sid, level)
+        d = torch.randn(3, generator=g) * (0.05 + 0.4 * level)
+        pose = {"azimuth": s.azimuth + float(d[0]), "elevation": s.elevation + float(d[1]),
+                "theta": s.theta + float(d[2]), "distance": s.distance, "principal": list(map(float, s.principal))}
+        err = float(rotation_error(pose_to_rotation(s.azimuth, s.elevation, s.theta),
+                                   pose_to_rotation(pose["azimuth"], pose["elevation"], pose["theta"]))[0])
+        cams = pose_to_cameras(pose["azimuth"], pose["elevation"], pose["theta"], pose["distance"], s.image.shape[:2],
+                               focal=s.focal, principal=torch.tensor(pose["principal"]))
+        m = render_mask(images.cad_mesh(cat, 1), cams, s.image.shape[:2])[0].numpy()
+        pred = cat if n % wrong_every else CATS[(CATS.index(cat) + 1) % len(CATS)]
+        out.append(Record(sid, level, cat, pred, math.degrees(err), float((m & s.mask).sum() / (m | s.mask).sum()),
+                          True, pose, m))
+    return out
+
+
+@pytest.fixture(scope="module")
+def records(test_images):
+    return _synthetic_records(test_images)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def test_mask_rle_round_trip():
+    rng = np.random.default_rng(0)
+    masks = [rng.random((7, 9)) < 0.5, np.ones((3, 4), bool), np.zeros((5, 2), bool), np.eye(6, dtype=bool)]
+    for m in masks:
+        rle = json.loads(json.dumps(encode_mask(m)))  # survives JSON
+        assert rle["size"] == list(m.shape) and sum(rle["counts"]) == m.size
+        np.testing.assert_array_equal(decode_mask(rle), m)
+    assert encode_mask(np.ones((2, 2), bool))["counts"] == [0, 4]
+    with pytest.raises(ValueError, match="sum to H"):
+        decode_mask({"size": [2, 2], "counts": [1, 2]})
+    with pytest.raises(ValueError, match="mask must be"):
+        encode_mask(np.zeros(4, bool))
+
+
+def test_normalize_aliases_undetected_and_errors():
+    r = normalize({"sample_id": "car_1", "level": 2, "gt_category": "car", "predicted_category": "bus",
+                   "error_deg": 12.5, "amodal_iou": 0.25, "mask_rle": encode_mask(np.eye(3, dtype=bool))})
+    assert (r.id, r.level, r.category, r.pred_category, r.pose_error_deg, r.iou) == ("car_1", 2, "car", "bus", 12.5, 0.25)
+    assert r.amodal_mask.sum() == 3 and not r.correct_class
+    u = normalize({"id": "a", "level": 0, "category": "car", "pred_category": None, "pose_error_deg": None,
+                   "iou": None, "detected": False})
+    assert not u.detected and u.pose_error_deg == 180.0 and u.iou == 0.0 and failure_kinds(u) == ["class", "segmentation"]
+    with pytest.raises(ValueError, match="'level'"):
+        normalize({"id": "a", "category": "car"})
+    with pytest.raises(ValueError, match="pose_error_deg"):
+        normalize({"id": "a", "level": 0, "category": "car", "pred_category": "car", "pose_error_deg": "x"})
+    with pytest.raises(TypeError, match="dict"):
+        normalize([1])
+
+
+def test_load_records_resumed_and_truncated(tmp_path):
+    rows = [{"id": "a", "level": 0, "category": "car", "pred_category": "car", "pose_error_deg": 50, "iou": 0.9},
+            {"id": "a", "level": 0, "category": "car", "pred_category": "car", "pose_error_deg": 5, "iou": 0.9},
+            {"id": "b", "level": 1, "category": "bus", "pred_category": "car", "pose_error_deg": 5, "iou": 0.9}]
+    p = tmp_path / "predictions.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"id": "c", "lev')
+    recs = load_records(p)
+    assert [(r.id, r.pose_error_deg) for r in recs] == [("a", 5.0), ("b", 5.0)]  # later line wins, torn line skipped
+    p.write_text('{"id": "c", "lev\n' + json.dumps(rows[0]) + "\n")
+    with pytest.raises(ValueError, match=":1: not JSON"):
+        load_records(p)
+    with pytest.raises(FileNotFoundError):
+        load_records(tmp_path / "nope.jsonl")
+
+
+def _rec(i, cat, level, pred, err, iou):
+    return Record(f"{cat}_{i}", level, cat, pred, err, iou)
+
+
+def test_failure_rule_picks_the_right_items():
+    recs = [
+        _rec(0, "car", 0, "car", 5, 0.9),      # fine
+        _rec(1, "car", 2, "bus", 40, 0.8),     # class, L2
+        _rec(2, "bus", 0, "car", 10, 0.8),     # class, L0 -> first class pick
+        _rec(3, "bus", 1, "bus", 170, 0.3),    # pose 170 (worst) and segmentation 0.3
+        _rec(4, "bus", 1, "bus", 120, 0.7),    # pose 120, same category as #3
+        _rec(5, "car", 3, "car", 90, 0.6),     # pose 90
+        _rec(6, "boat", 3, "boat", 29.9, 0.1),  # not a pose failure (< 30), segmentation 0.1
+        _rec(7, "boat", 2, "boat", 20, 0.45),  # segmentation 0.45
+        _rec(8, "car", 1, "car", 35, 0.2),     # pose 35, segmentation 0.2
+    ]
+    assert [r.id for r in failure_cases(recs, "class")] == ["bus_2", "car_1"]
+    assert [r.id for r in failure_cases(recs, "pose")] == ["bus_3", "bus_4", "car_5", "car_8"]
+    assert [r.id for r in failure_cases(recs, "segmentation")] == ["boat_6", "car_8", "bus_3", "boat_7"]
+    assert [r.id for r in failure_cases(recs, "pose", level=1)] == ["bus_3", "bus_4", "car_8"]
+    chosen = select_failures(recs, n_per_kind=2)
+    # pose: worst is bus_3; bus_4 is the next worst but the same category while car_5 is another one.
+    # segmentation: boat_6 first; car_8 next (bus_3 is already shown as a pose failure).
+    assert [(k, r.id) for k, r in chosen] == [("class", "bus_2"), ("class", "car_1"), ("pose", "bus_3"),
+                                              ("pose", "car_5"), ("segmentation", "boat_6"), ("segmentation", "car_8")]
+    # With room for more, a category repeats only after every other category had its turn.
+    more = [r.id for k, r in select_failures(recs, n_per_kind=3) if k == "pose"]
+    assert more == ["bus_3", "bus_4", "car_5"]
+    assert select_failures(recs, 1, levels=[3]) == [("pose", recs[5]), ("segmentation", recs[6])]
+    with pytest.raises(ValueError, match="n_per_kind"):
+        select_failures(recs, 0)
+    with pytest.raises(ValueError, match="kind"):
+        failure_cases(recs, "shape")
+
+
+def test_pick_per_category_is_smallest_id_per_level():
+    recs = [_rec(3, "car", 0, "car", 1, 1), _rec(1, "car", 0, "car", 1, 1), _rec(0, "car", 1, "car", 1, 1),
+            _rec(2, "bus", 0, "bus", 1, 1)]
+    assert [r.id for r in pick_per_category(recs, 0)] == ["bus_2", "car_1"]
+    assert [r.id for r in pick_per_category(recs, 0, ["car", "boat", "bus"])] == ["car_1", "bus_2"]
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def test_overlay_draws_exactly_the_rendered_silhouette(test_images):
+    s = test_images.sample("car_00000", 0)
+    pose = {"azimuth": s.azimuth, "elevation": s.elevation, "theta": s.theta, "distance": s.distance,
+            "principal": s.principal}
+    mesh = test_images.cad_mesh("car", s.cad_index)
+    shown, sil = paper.render_overlay(s.image, mesh, pose, s.focal)
+    np.testing.assert_array_equal(sil, s.mask)  # the object's own CAD model at its true pose = its amodal mask
+    changed = np.abs(shown - s.image / 255.0).max(-1) > 1e-6
+    assert not changed[~sil].any() and changed[sil].mean() > 0.9
+
+
+def _check_png(path, min_std=0.05):
+    from PIL import Image
+
+    img = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
+    assert img.shape[0] > 50 and img.shape[1] > 50
+    assert img.std() > min_std  # not blank
+    return img
+
+
+@pytest.mark.slow
+def test_figure_functions_panels_and_content(test_images, records, tmp_path):
+    import matplotlib.pyplot as plt
+
+    n_cat = len(CATS)
+    fig = paper.build_figure4(records, test_images)
+    assert paper.image_panels(fig) == n_cat
+    plt.close(fig)
+    fig = paper.build_figure5(records, test_images)
+    assert paper.image_panels(fig) == 3 * n_cat
+    plt.close(fig)
+    fig = paper.build_comparison(records, _synthetic_records(test_images, seed=1), test_images, per_level=2)
+    assert paper.image_panels(fig) == 3 * 3 * 2  # gt | A | B rows x (3 levels x 2 images)
+    plt.close(fig)
+    n_fail = len(select_failures(records, 2))
+    assert n_fail >= 3  # the synthetic noise at L2-L3 and the wrong classes make failures of every kind
+    fig = paper.build_figure6(records, test_images, n_per_kind=2)
+    assert paper.image_panels(fig) == n_fail
+    plt.close(fig)
+    for name, path in [("fig4", paper.figure4(records, test_images, tmp_path / "f4.png")),
+                       ("fig6", paper.figure6(records, test_images, tmp_path / "f6.png", n_per_kind=2))]:
+        _check_png(path)
+
+
+def _results(scale):
+    levels = {str(k): {"n": 6, "acc_pi6": scale * (1 - 0.2 * k), "acc_pi18": scale * (0.5 - 0.1 * k),
+                       "median_deg": 10.0 + 10 * k / scale, "cls_acc": scale * 0.9, "miou": 0.7 - 0.1 * k,
+                       "acc_pi6_pred_cls": scale * 0.8, "n_undetected": 0} for k in range(4)}
+    return {"method": "x", "config": {}, "levels": levels}
+
+
+def test_results_table_and_plot(tmp_path):
+    import matplotlib.pyplot as plt
+
+    res = {"DMNT": _results(1.0), "MT Mask R-CNN": _results(0.5)}
+    res["MT Mask R-CNN"]["levels"]["3"]["n_undetected"] = 2
+    md = paper.results_markdown(res)
+    rows = [line for line in md.splitlines() if line.startswith("| L")]
+    assert len(rows) == 8 and rows[0].startswith("| L0 | DMNT | 6 |") and "(2 undetected)" in rows[7]
+    # Every metric cell is the input value: accuracies in %, the median in degrees.
+    cells = rows[2].split("|")[4:9]  # L1 DMNT
+    lv = res["DMNT"]["levels"]["1"]
+    assert [float(c) for c in cells] == pytest.approx(
+        [100 * lv["acc_pi6"], 100 * lv["acc_pi18"], lv["median_deg"], 100 * lv["cls_acc"], 100 * lv["miou"]], abs=0.05)
+    fig = paper.build_results_plot(res)
+    assert len(fig.axes) == len(paper.METRICS) and all(len(ax.lines) == 2 for ax in fig.axes)
+    y = fig.axes[0].lines[1].get_ydata()
+    assert list(y) == pytest.approx([100 * res["MT Mask R-CNN"]["levels"][str(k)]["acc_pi6"] for k in range(4)])
+    plt.close(fig)
+    _check_png(paper.results_plot(res, tmp_path / "results.png"), min_std=0.02)
+    with pytest.raises(ValueError, match="levels"):
+        paper.results_markdown({"x": {"method": "x"}})
+    with pytest.raises(ValueError, match="at least one"):
+        paper.results_markdown({})
+
+
+def test_figures_need_records(test_images):
+    with pytest.raises(ValueError, match="Fig. 4"):
+        paper.build_figure4([], test_images)
+    with pytest.raises(KeyError, match="not in"):
+        test_images.sample("car_99999", 0)
