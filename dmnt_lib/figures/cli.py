@@ -1,0 +1,141 @@
+"""``python -m dmnt_lib figures``: the paper's figures and the results table from two evaluated runs.
+
+Reads ``RUN/eval/<name>/{predictions.jsonl,results.json}`` of the DMNT run and of the MT Mask
+R-CNN run (written by ``evaluate``) and the test images, and writes into ``--out``:
+
+================================  =========================================================
+``training_loss.png``             Fig. 3, drawn by the model package (when it provides it)
+``fig4_categories.png``           Fig. 4: one L0 image per category
+``fig5_occluded.png``             Fig. 5: the same objects at L1-L3
+``fig5_comparison.png``           DMNT beside MT Mask R-CNN on the same occluded images
+``fig6_failures.png``             Fig. 6: failure cases by the rule of ``figures.records``
+``results.md``, ``results.png``   the L0-L3 table of both methods; each metric vs level
+================================  =========================================================
+
+Drawing needs each shown image's predicted pose and amodal mask. When ``predictions.jsonl``
+does not store them (fields ``pose`` and ``amodal_mask``, see ``figures.records``), the run's
+predictor is loaded and re-run on just the images the figures show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from ..fileio import atomic_write_text
+
+__all__ = ["add_parser", "run", "make_figures", "find_eval", "FIGURE_FILES"]
+
+FIGURE_FILES = ["fig4_categories.png", "fig5_occluded.png", "fig5_comparison.png", "fig6_failures.png",
+                "results.md", "results.png"]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "figures", help="draw the paper's Figs. 3-6 and the L0-L3 results table from evaluated runs",
+        description="Draw Figs. 3-6 (appendix B) and the DMNT vs MT Mask R-CNN table from the evaluation "
+        "records of two runs (python -m dmnt_lib evaluate --run RUN ...).")
+    p.add_argument("--run", type=Path, required=True, help="the DMNT run folder (with eval/<name>/)")
+    p.add_argument("--baseline", type=Path, help="the MT Mask R-CNN run folder (omit: DMNT only, no comparison)")
+    p.add_argument("--data", type=Path, required=True, help="the test dataset the runs were evaluated on")
+    p.add_argument("--out", type=Path, default=Path("figures"), help="output folder (default figures/)")
+    p.add_argument("--eval", dest="eval_name", help="which RUN/eval/<name> to read (default: the only one, else the newest)")
+    p.add_argument("--n-failures", type=int, default=4, help="failure cases per kind in Fig. 6 (default 4)")
+    p.add_argument("--device", default="cpu", help="device for re-running a predictor when records lack poses/masks")
+    p.set_defaults(func=run)
+    return p
+
+
+def find_eval(run_dir: Path, name: str | None = None) -> Path:
+    """The ``run_dir/eval/<name>`` folder holding ``results.json`` and ``predictions.jsonl``."""
+    run_dir = Path(run_dir)
+    root = run_dir / "eval"
+    found = sorted((p.parent for p in root.glob("*/results.json")), key=lambda p: p.stat().st_mtime)
+    if name is not None:
+        if not (root / name / "results.json").is_file():
+            raise FileNotFoundError(f"{root / name}/results.json not found (have: {[p.name for p in found]})")
+        return root / name
+    if not found:
+        raise FileNotFoundError(f"no evaluation in {root} (run: python -m dmnt_lib evaluate --run {run_dir} --data ...)")
+    return found[-1]
+
+
+def _fig3(out: Path) -> list[Path]:
+    """Fig. 3 (the training loss diagram) from the model package, if it provides a figure function."""
+    for mod_name in ("dmnt_lib.model.viz", "dmnt_lib.model.figures", "dmnt_lib.model"):
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError:
+            continue
+        fn = getattr(mod, "training_loss_figure", None)
+        if fn is not None:
+            return [Path(fn(out / "training_loss.png"))]
+    return []
+
+
+def _fill_missing(records, run_dir: Path, images, device: str) -> int:
+    """Re-run ``run_dir``'s predictor on the records that lack a pose or a mask; returns how many."""
+    need = [r for r in records if r.detected and (r.pose is None or r.amodal_mask is None)]
+    if not need:
+        return 0
+    from .predict import predict_records
+
+    predict_records(need, run_dir, images, device)
+    return len(need)
+
+
+def make_figures(run_dir, data, out, baseline_dir=None, eval_name=None, n_failures: int = 4, device: str = "cpu",
+                 log=print) -> list[Path]:
+    """Write every figure of the module docstring into ``out``; returns the paths written."""
+    from . import paper
+    from .records import load_records, pick_per_category, select_failures
+
+    out = Path(out)
+    images = paper.TestImages(data)
+    runs = {"DMNT": Path(run_dir)}
+    if baseline_dir is not None:
+        runs["MT Mask R-CNN"] = Path(baseline_dir)
+    evals = {k: find_eval(v, eval_name) for k, v in runs.items()}
+    results = {k: json.loads((d / "results.json").read_text()) for k, d in evals.items()}
+    records = {k: load_records(d / "predictions.jsonl") for k, d in evals.items()}
+    dm = records["DMNT"]
+
+    # The records the figures show (the same deterministic picks the figure functions make).
+    shown = {"DMNT": [r for k in range(4) for r in pick_per_category(dm, k)] + [r for _, r in select_failures(dm, n_failures)]}
+    if "MT Mask R-CNN" in records:
+        pairs = paper.comparison_picks(dm, records["MT Mask R-CNN"])
+        shown["DMNT"] += [a for a, _ in pairs]
+        shown["MT Mask R-CNN"] = [b for _, b in pairs]
+    for k, recs in shown.items():
+        n = _fill_missing(list({id(r): r for r in recs}.values()), runs[k], images, device)
+        if n:
+            log(f"figures: re-ran the {k} predictor on {n} images (predictions.jsonl has no pose/mask)")
+
+    written = _fig3(out)
+    written.append(paper.figure4(dm, images, out / "fig4_categories.png"))
+    written.append(paper.figure5(dm, images, out / "fig5_occluded.png"))
+    if "MT Mask R-CNN" in records:
+        written.append(paper.comparison_figure(dm, records["MT Mask R-CNN"], images, out / "fig5_comparison.png"))
+    written.append(paper.figure6(dm, images, out / "fig6_failures.png", n_per_kind=n_failures))
+    md = "# DMNT vs multi-task Mask R-CNN per occlusion level\n\n" + paper.results_markdown(results) + "\n" + \
+        "".join(f"- {k}: `{evals[k]}`\n" for k in evals)
+    atomic_write_text(out / "results.md", md)
+    written.append(out / "results.md")
+    written.append(paper.results_plot(results, out / "results.png"))
+    return written
+
+
+def run(args) -> int:
+    if args.n_failures < 1:
+        print("error: --n-failures must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        written = make_figures(args.run, args.data, args.out, args.baseline, args.eval_name, args.n_failures, args.device)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} files to {args.out}: {', '.join(p.name for p in written)}")
+    return 0

@@ -1,0 +1,147 @@
+"""The reproduction's stages and their presets: data -> deform -> train -> baseline -> evaluate -> figures.
+
+Every stage runs the project's own command line in-process (``dmnt_lib.__main__.main``), so
+``reproduce`` does exactly what a user typing the commands of the README would do. Layout of
+``OUT`` (``runs/quick`` for ``--quick``, ``runs/full`` otherwise):
+
+    data/train  data/test  deform/<category>.pt  dmnt/  baseline/  dmnt/eval/  baseline/eval/
+    figures/ (unless --figures)  manifest/<stage>.json  summary.json  summary.md
+
+The device (``--device``) is not part of any stage's config: a run may move between CPU and GPU
+and keep its finished stages.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+from .pipeline import Stage, StageFailed
+
+__all__ = ["PRESETS", "preset", "build_stages", "cli_call"]
+
+from ..data.shapes import CATEGORIES
+
+#: ``tiny``: the test suite's end-to-end run; ``quick``: ``make demo``; ``full``: ``make reproduce``.
+PRESETS: dict[str, dict] = {
+    "tiny": {
+        "categories": ["car", "bottle"], "image_size": 64,
+        "train_data": {"per_category": 4, "seed": 0}, "test_data": {"per_category": 1, "seed": 1},
+        "deform": {"quick": True, "steps": 20, "seed": 0},
+        "train": {"quick": True, "epochs": 1, "batch_size": 4},
+        "baseline": {"quick": True, "epochs": 1},
+        "evaluate": {"levels": [0, 1, 2, 3], "per_category": 1, "center": "known", "quick": True},
+    },
+    "quick": {
+        "categories": list(CATEGORIES), "image_size": 128,
+        "train_data": {"per_category": 20, "seed": 0}, "test_data": {"per_category": 2, "seed": 1},
+        "deform": {"quick": True, "seed": 0},
+        "train": {"quick": True, "epochs": 2},
+        "baseline": {"quick": True, "epochs": 2},
+        "evaluate": {"levels": [0, 1, 2, 3], "per_category": 2, "center": "known", "quick": True},
+    },
+    "full": {
+        "categories": list(CATEGORIES), "image_size": 128,
+        "train_data": {"per_category": 1000, "seed": 0}, "test_data": {"per_category": 20, "seed": 1},
+        "deform": {"quick": False, "seed": 0},
+        "train": {"quick": False, "epochs": 15},
+        "baseline": {"quick": False, "epochs": 15},
+        "evaluate": {"levels": [0, 1, 2, 3], "per_category": 20, "center": "known", "quick": False},
+    },
+}
+
+
+def preset(name: str) -> dict:
+    """A deep copy of ``PRESETS[name]``."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    return copy.deepcopy(PRESETS[name])
+
+
+def cli_call(argv: list[str]) -> None:
+    """Run ``python -m dmnt_lib <argv>`` in-process; ``StageFailed`` on a non-zero status."""
+    from ..__main__ import main
+
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse usage errors
+        rc = e.code if isinstance(e.code, int) else 1
+    if rc:
+        raise StageFailed(f"`python -m dmnt_lib {' '.join(map(str, argv))}` exited with status {rc}")
+
+
+def _flag(name: str, on: bool) -> list[str]:
+    return [name] if on else []
+
+
+def _opt(name: str, value) -> list[str]:
+    return [] if value is None else [name, str(value)]
+
+
+def _newest_results(run_dir: Path, since: float) -> list[Path]:
+    found = [p for p in (run_dir / "eval").glob("*/results.json") if p.stat().st_mtime >= since - 1]
+    if not found:
+        raise StageFailed(f"evaluate wrote no results.json under {run_dir / 'eval'}")
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    return [newest, newest.parent / "predictions.jsonl"]
+
+
+def build_stages(out, config: dict, figures_dir=None, device: str = "cpu") -> list[Stage]:
+    """The pipeline's stages for one preset ``config`` (see ``PRESETS``), writing under ``out``."""
+    out = Path(out)
+    figures_dir = Path(figures_dir) if figures_dir is not None else out / "figures"
+    cats, size = list(config["categories"]), int(config["image_size"])
+    train_dir, test_dir = out / "data" / "train", out / "data" / "test"
+    deform_dir, dmnt_dir, base_dir = out / "deform", out / "dmnt", out / "baseline"
+    stages: list[Stage] = []
+
+    def data_stage(name, folder, cfg, levels):
+        c = {"categories": cats, "image_size": size, "levels": levels, **cfg}
+        argv = ["data", "--out", folder, "--per-category", c["per_category"], "--levels", *levels,
+                "--seed", c["seed"], "--image-size", size, "--categories", *cats, "--overwrite", "--no-progress"]
+        return Stage(name, c, lambda: cli_call(argv), outputs=[folder / "meta.json"], clear=[folder])
+
+    stages.append(data_stage("data-train", train_dir, config["train_data"], [0]))
+    stages.append(data_stage("data-test", test_dir, config["test_data"], [0, 1, 2, 3]))
+
+    d = {"categories": cats, **config["deform"]}
+    deform_argv = ["deform", "--data", train_dir, "--checkpoint-dir", deform_dir, "--seed", d["seed"],
+                   "--categories", *cats, *_flag("--quick", d.get("quick")), *_opt("--steps", d.get("steps")),
+                   "--device", device]
+    stages.append(Stage("deform", d, lambda: cli_call(deform_argv), outputs=[deform_dir / f"{c}.pt" for c in cats],
+                        inputs=["data-train"], clear=[deform_dir]))
+
+    t = dict(config["train"])
+    train_argv = ["train", "--data", train_dir, "--deform", deform_dir, "--out", dmnt_dir,
+                  *_opt("--epochs", t.get("epochs")), *_opt("--batch-size", t.get("batch_size")),
+                  *_flag("--quick", t.get("quick")), "--device", device]
+    stages.append(Stage("train", t, lambda: cli_call(train_argv), outputs=[dmnt_dir],
+                        inputs=["data-train", "deform"], clear=[dmnt_dir]))
+
+    b = dict(config["baseline"])
+    base_argv = ["baseline", "train", "--data", train_dir, "--out", base_dir, *_opt("--epochs", b.get("epochs")),
+                 *_flag("--quick", b.get("quick")), "--device", device]
+    stages.append(Stage("baseline", b, lambda: cli_call(base_argv), outputs=[base_dir], inputs=["data-train"],
+                        clear=[base_dir]))
+
+    e = dict(config["evaluate"])
+    for name, run_dir, upstream in (("evaluate-dmnt", dmnt_dir, "train"), ("evaluate-baseline", base_dir, "baseline")):
+        argv = ["evaluate", "--run", run_dir, "--data", test_dir, "--levels", *e["levels"],
+                "--per-category", e["per_category"], "--center", e["center"], *_flag("--quick", e.get("quick"))]
+
+        def run_eval(argv=argv, run_dir=run_dir):
+            t0 = time.time()
+            cli_call(argv)
+            return _newest_results(run_dir, t0)
+
+        stages.append(Stage(name, e, run_eval, inputs=["data-test", upstream], clear=[run_dir / "eval"]))
+
+    def run_figures():
+        from ..figures.cli import make_figures
+
+        return make_figures(dmnt_dir, test_dir, figures_dir, base_dir, device=device)
+
+    stages.append(Stage("figures", {"out": str(figures_dir)}, run_figures,
+                        inputs=["data-test", "evaluate-dmnt", "evaluate-baseline"]))
+    return stages
