@@ -11,7 +11,7 @@ CUDA_HOME ?= $(wildcard /usr/local/cuda)
 export CUDA_HOME
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lab bench venv clean
+.PHONY: demo reproduce notebooks test lab bench venv clean
 
 venv: $(STAMP)
 
@@ -23,8 +23,19 @@ $(STAMP):
 	@rm -f $(VENV)/.deps-*
 	@touch $@
 
+# Today's demo figures, then the quick reproduction (data -> deform -> train -> baseline ->
+# evaluate -> figures; resumable, runs/quick holds it) writing the paper's figures into figures/.
 demo: $(STAMP)
 	$(PY) -m dmnt_lib demo
+	$(PY) -m dmnt_lib reproduce --quick --out runs/quick --figures figures
+
+# The full configuration (runs/full; figures into figures/full). Resumable: rerun after an interruption.
+reproduce: $(STAMP)
+	$(PY) -m dmnt_lib reproduce --out runs/full --figures figures/full
+
+# Re-execute notebooks 00-07 in their full configuration, seeded, and write them back with outputs.
+notebooks: $(STAMP)
+	$(PY) -m dmnt_lib.notebooks notebooks/0[0-7]_*.ipynb
 
 test: $(STAMP)
 	DMNT_QUICK=1 $(PY) -m pytest

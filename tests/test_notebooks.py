@@ -21,10 +21,12 @@ def test_notebooks_exist():
 def test_notebook_runs_in_quick_mode(path, monkeypatch):
     monkeypatch.setenv("DMNT_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    original = path.read_bytes()
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     client.execute()  # raises CellExecutionError with the failing cell's traceback
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
-    # Committed notebooks carry no outputs (small diffs, nothing stale).
-    assert all(not c.get("outputs") for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    # The suite never writes a notebook back: committed outputs come from `make notebooks`
+    # (dmnt_lib/notebooks.py, the full configuration), not from this quick run.
+    assert path.read_bytes() == original
