@@ -228,3 +228,40 @@ def test_figures_need_records(test_images):
         paper.build_figure4([], test_images)
     with pytest.raises(KeyError, match="not in"):
         test_images.sample("car_99999", 0)
+
+
+def _write_eval(run_dir, records, method):
+    """An ``evaluate``-style folder: predictions.jsonl (pose + RLE mask per image) and results.json."""
+    d = run_dir / "eval" / "test"
+    d.mkdir(parents=True)
+    lines = [json.dumps({"id": r.id, "level": r.level, "category": r.category, "pred_category": r.pred_category,
+                         "pose_error_deg": r.pose_error_deg, "iou": r.iou, "detected": True, "pose": r.pose,
+                         "amodal_mask": encode_mask(r.amodal_mask)}) for r in records]
+    (d / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    levels = {}
+    for k in sorted({r.level for r in records}):
+        rs = [r for r in records if r.level == k]
+        err = np.array([r.pose_error_deg for r in rs])
+        levels[str(k)] = {"n": len(rs), "acc_pi6": float((err < 30).mean()), "acc_pi18": float((err < 10).mean()),
+                          "median_deg": float(np.median(err)), "cls_acc": float(np.mean([r.correct_class for r in rs])),
+                          "miou": float(np.mean([r.iou for r in rs])), "acc_pi6_pred_cls": 0.0, "n_undetected": 0}
+    (d / "results.json").write_text(json.dumps({"method": method, "config": {}, "levels": levels}))
+
+
+@pytest.mark.slow
+def test_figures_command_writes_every_file(test_images, records, tmp_path, capsys):
+    from dmnt_lib.__main__ import main
+    from dmnt_lib.figures.cli import FIGURE_FILES
+
+    _write_eval(tmp_path / "dmnt", records, "DMNT")
+    _write_eval(tmp_path / "base", _synthetic_records(test_images, seed=2, wrong_every=3), "MT Mask R-CNN")
+    out = tmp_path / "figs"
+    assert main(["figures", "--run", str(tmp_path / "dmnt"), "--baseline", str(tmp_path / "base"),
+                 "--data", str(test_images.source.root), "--out", str(out), "--n-failures", "2"]) == 0
+    for name in FIGURE_FILES:
+        assert (out / name).stat().st_size > 0, name
+    md = (out / "results.md").read_text()
+    assert md.count("| L") == 8 and "MT Mask R-CNN" in md
+    assert main(["figures", "--run", str(tmp_path / "nope"), "--data", str(test_images.source.root),
+                 "--out", str(out)]) == 2
+    assert "no evaluation in" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..fileio import atomic_write_text
 
-__all__ = ["add_parser", "run", "make_figures", "find_eval", "FIGURE_FILES"]
+__all__ = ["add_parser", "run", "make_figures", "find_eval", "load_evaluations", "fill_missing", "FIGURE_FILES"]
 
 FIGURE_FILES = ["fig4_categories.png", "fig5_occluded.png", "fig5_comparison.png", "fig6_failures.png",
                 "results.md", "results.png"]
@@ -76,49 +76,62 @@ def _fig3(out: Path) -> list[Path]:
     return []
 
 
-def _fill_missing(records, run_dir: Path, images, device: str) -> int:
-    """Re-run ``run_dir``'s predictor on the records that lack a pose or a mask; returns how many."""
-    need = [r for r in records if r.detected and (r.pose is None or r.amodal_mask is None)]
-    if not need:
-        return 0
-    from .predict import predict_records
+def fill_missing(records, run_dir: Path, images, device: str = "cpu") -> int:
+    """Re-run ``run_dir``'s predictor on the detected records that lack a pose or a mask (filling
+    them in place); returns how many were re-run."""
+    need = [r for r in {id(r): r for r in records}.values() if r.detected and (r.pose is None or r.amodal_mask is None)]
+    if need:
+        from .predict import predict_records
 
-    predict_records(need, run_dir, images, device)
+        predict_records(need, run_dir, images, device)
     return len(need)
+
+
+def load_evaluations(run_dir, data, baseline_dir=None, eval_name=None) -> dict:
+    """Everything the figures read: ``{"images": TestImages, "runs", "evals", "results", "records"}``,
+    the last four keyed by method name (``"DMNT"``, ``"MT Mask R-CNN"``)."""
+    from . import paper
+    from .records import load_records
+
+    runs = {"DMNT": Path(run_dir)}
+    if baseline_dir is not None:
+        runs["MT Mask R-CNN"] = Path(baseline_dir)
+    evals = {k: find_eval(v, eval_name) for k, v in runs.items()}
+    return {
+        "images": paper.TestImages(data), "runs": runs, "evals": evals,
+        "results": {k: json.loads((d / "results.json").read_text()) for k, d in evals.items()},
+        "records": {k: load_records(d / "predictions.jsonl") for k, d in evals.items()},
+    }
 
 
 def make_figures(run_dir, data, out, baseline_dir=None, eval_name=None, n_failures: int = 4, device: str = "cpu",
                  log=print) -> list[Path]:
     """Write every figure of the module docstring into ``out``; returns the paths written."""
     from . import paper
-    from .records import load_records, pick_per_category, select_failures
+    from .records import pick_per_category, select_failures
 
     out = Path(out)
-    images = paper.TestImages(data)
-    runs = {"DMNT": Path(run_dir)}
-    if baseline_dir is not None:
-        runs["MT Mask R-CNN"] = Path(baseline_dir)
-    evals = {k: find_eval(v, eval_name) for k, v in runs.items()}
-    results = {k: json.loads((d / "results.json").read_text()) for k, d in evals.items()}
-    records = {k: load_records(d / "predictions.jsonl") for k, d in evals.items()}
+    ev = load_evaluations(run_dir, data, baseline_dir, eval_name)
+    images, records, results, evals = ev["images"], ev["records"], ev["results"], ev["evals"]
     dm = records["DMNT"]
+    base = records.get("MT Mask R-CNN")
 
     # The records the figures show (the same deterministic picks the figure functions make).
     shown = {"DMNT": [r for k in range(4) for r in pick_per_category(dm, k)] + [r for _, r in select_failures(dm, n_failures)]}
-    if "MT Mask R-CNN" in records:
-        pairs = paper.comparison_picks(dm, records["MT Mask R-CNN"])
+    if base is not None:
+        pairs = paper.comparison_picks(dm, base)
         shown["DMNT"] += [a for a, _ in pairs]
         shown["MT Mask R-CNN"] = [b for _, b in pairs]
     for k, recs in shown.items():
-        n = _fill_missing(list({id(r): r for r in recs}.values()), runs[k], images, device)
+        n = fill_missing(recs, ev["runs"][k], images, device)
         if n:
             log(f"figures: re-ran the {k} predictor on {n} images (predictions.jsonl has no pose/mask)")
 
     written = _fig3(out)
     written.append(paper.figure4(dm, images, out / "fig4_categories.png"))
     written.append(paper.figure5(dm, images, out / "fig5_occluded.png"))
-    if "MT Mask R-CNN" in records:
-        written.append(paper.comparison_figure(dm, records["MT Mask R-CNN"], images, out / "fig5_comparison.png"))
+    if base is not None:
+        written.append(paper.comparison_figure(dm, base, images, out / "fig5_comparison.png"))
     written.append(paper.figure6(dm, images, out / "fig6_failures.png", n_per_kind=n_failures))
     md = "# DMNT vs multi-task Mask R-CNN per occlusion level\n\n" + paper.results_markdown(results) + "\n" + \
         "".join(f"- {k}: `{evals[k]}`\n" for k in evals)
