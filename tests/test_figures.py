@@ -79,6 +79,11 @@ def test_normalize_aliases_undetected_and_errors():
     u = normalize({"id": "a", "level": 0, "category": "car", "pred_category": None, "pose_error_deg": None,
                    "iou": None, "detected": False})
     assert not u.detected and u.pose_error_deg == 180.0 and u.iou == 0.0 and failure_kinds(u) == ["class", "segmentation"]
+    # evaluate's own line: pred_pose is [azimuth, elevation, theta] under the ground-truth category.
+    e = normalize({"key": "L1/car/car_2", "id": "car_2", "level": 1, "category": "car", "pred_category": "car",
+                   "detected": True, "pose_error_deg": 3.0, "iou": 0.8, "pred_pose": [0.1, 0.2, 0.3],
+                   "gt_pose": [0.1, 0.2, 0.25]})
+    assert e.pose == {"azimuth": 0.1, "elevation": 0.2, "theta": 0.3} and e.amodal_mask is None
     with pytest.raises(ValueError, match="'level'"):
         normalize({"id": "a", "category": "car"})
     with pytest.raises(ValueError, match="pose_error_deg"):
@@ -235,7 +240,8 @@ def _write_eval(run_dir, records, method):
     d = run_dir / "eval" / "test"
     d.mkdir(parents=True)
     lines = [json.dumps({"id": r.id, "level": r.level, "category": r.category, "pred_category": r.pred_category,
-                         "pose_error_deg": r.pose_error_deg, "iou": r.iou, "detected": True, "pose": r.pose,
+                         "pose_error_deg": r.pose_error_deg, "iou": r.iou, "detected": True,
+                         "pred_pose": [r.pose[k] for k in ("azimuth", "elevation", "theta")],
                          "amodal_mask": encode_mask(r.amodal_mask)}) for r in records]
     (d / "predictions.jsonl").write_text("\n".join(lines) + "\n")
     levels = {}

@@ -11,11 +11,13 @@
 Every ``build_*`` returns a matplotlib ``Figure`` (tests count its image panels); the matching
 function without ``build_`` saves it atomically and returns the path.
 
-Which mesh is drawn: the caller's ``meshes[category]`` (e.g. the model's category meshes) or, by
-default, CAD model 01 of the *predicted* category from the test data — a fixed shape, so a wrong
-category or a shape no CAD model has stays visible. A pose field missing from a prediction
-(MT Mask R-CNN predicts only the rotation) is taken from the ground truth: its overlay puts the
-predicted rotation at the true object position and distance.
+What is drawn: the pose the error is measured on (``evaluate``'s ``pred_pose``: estimated under
+the ground-truth category's model, PASCAL3D+ protocol), rendered with the object's own CAD model
+from the test data (or the caller's ``meshes[category]``), so a misaligned overlay is a pose
+error, not a shape difference; the method's own shape shows in its amodal mask contour (yellow).
+The caption gives the *predicted* class (red when wrong). Neither method's output includes the
+distance, and evaluation uses the known object centre: the overlay puts the predicted rotation at
+the true distance and centre (a pose dict may carry ``distance``/``principal`` to override).
 """
 
 from __future__ import annotations
@@ -139,16 +141,15 @@ def _pose_for(record: Record, sample) -> dict | None:
 
 def draw_panel(ax, record: Record, images: TestImages, meshes: dict | None = None, label: str | None = None,
                caption: str | None = None, mesh=None) -> None:
-    """Draw one test image with ``record``'s prediction on ``ax``: mesh overlay of the predicted
-    category at the predicted pose, predicted amodal mask contour (yellow), ground-truth amodal
-    contour (thin white, dashed), and a caption (class, pose error, IoU). ``mesh`` overrides the
-    mesh drawn (default ``meshes[predicted category]`` or its CAD model 01)."""
+    """Draw one test image with ``record``'s prediction on ``ax``: the predicted pose as a shaded
+    mesh overlay (module docstring), predicted amodal mask contour (yellow), ground-truth amodal
+    contour (thin white, dashed), and a caption (predicted class, pose error, IoU). ``mesh``
+    overrides the mesh drawn (default ``meshes[category]`` or the object's CAD model)."""
     s = images.sample(record.id, record.level)
     shown = s.image.astype(np.float32) / 255
     pose = _pose_for(record, s) if record.detected else None
     if pose is not None:
-        cat = record.pred_category
-        mesh = mesh or (meshes or {}).get(cat) or images.cad_mesh(cat, 1)
+        mesh = mesh or (meshes or {}).get(s.category) or images.cad_mesh(s.category, s.cad_index)
         shown, _ = render_overlay(s.image, mesh, pose, s.focal)
     ax.imshow(shown)
     if s.mask is not None and s.mask.any():
@@ -268,7 +269,6 @@ def build_comparison(records_a, records_b, images: TestImages, meshes_a=None, me
                     pose={k: getattr(s, k) for k in _POSE_KEYS} | {"principal": list(s.principal)},
                     amodal_mask=None)
         draw_panel(axes[0, j], gt, images, None, label="ground truth" if j == 0 else None,
-                   mesh=images.cad_mesh(s.category, s.cad_index),
                    caption=f"L{ra.level} {ra.category} ({(s.occlusion_ratio or 0) * 100:.0f}% hidden)")
         draw_panel(axes[1, j], ra, images, meshes_a, label=names[0] if j == 0 else None, caption=_short(ra))
         draw_panel(axes[2, j], rb, images, meshes_b, label=names[1] if j == 0 else None, caption=_short(rb))

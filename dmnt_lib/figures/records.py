@@ -62,7 +62,7 @@ _ALIASES = {
     "pred_category": ("pred_category", "predicted_category"),
     "pose_error_deg": ("pose_error_deg", "error_deg", "err_deg"),
     "iou": ("iou", "amodal_iou", "miou"),
-    "pose": ("pose", "pred_pose"),
+    "pose": ("pred_pose", "pose"),
     "amodal_mask": ("amodal_mask", "mask_rle"),
 }
 _MISSING = object()
@@ -77,7 +77,9 @@ class Record:
         pred_category: predicted category, ``None`` when nothing was detected.
         pose_error_deg: rotation error in degrees (``nan`` when unknown; ``180`` when undetected).
         iou: amodal IoU in [0, 1] (``0`` when undetected).
-        pose: predicted pose dict (radians; ``principal`` ``[x, y]`` pixels) or ``None``.
+        pose: predicted pose under the ground-truth category's model, a dict (``azimuth``,
+            ``elevation``, ``theta`` radians; optional ``distance``, ``principal`` ``[x, y]``
+            pixels, else the ground truth's), or ``None``.
         amodal_mask: predicted amodal mask ``(H, W)`` bool or ``None``.
         raw: the JSON object it came from.
     """
@@ -136,8 +138,10 @@ def normalize(obj: dict) -> Record:
         iou = 0.0 if math.isnan(iou) else iou
     mask = _get(obj, "amodal_mask", None)
     pose = _get(obj, "pose", None)
+    if isinstance(pose, (list, tuple)) and len(pose) == 3:
+        pose = dict(zip(("azimuth", "elevation", "theta"), (_float(a, "pred_pose") for a in pose)))
     if pose is not None and not isinstance(pose, dict):
-        raise ValueError(f"prediction field 'pose' must be a dict of angles, got {type(pose).__name__}")
+        raise ValueError(f"prediction field 'pred_pose' must be 3 angles or a dict of them, got {pose!r}")
     return Record(
         id=str(_get(obj, "id")), level=int(_get(obj, "level")), category=str(_get(obj, "category")),
         pred_category=None if pred is None else str(pred), pose_error_deg=err, iou=iou, detected=detected,

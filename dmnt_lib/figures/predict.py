@@ -1,0 +1,60 @@
+"""Re-run a run's predictor on the few images a figure shows, when ``predictions.jsonl`` lacks
+the predicted pose or amodal mask (``evaluate`` decides what it stores; the figures only need
+the images they draw)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["predict_records"]
+
+
+def _eval_options(run_dir: Path) -> dict:
+    """The options the run was evaluated with (``results.json``'s ``evaluation``), if recorded."""
+    from .cli import find_eval
+
+    try:
+        res = json.loads((find_eval(run_dir) / "results.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return res.get("evaluation", {}) if isinstance(res, dict) else {}
+
+
+def predict_records(records, run_dir, images, device: str = "cpu", batch_size: int = 4) -> None:
+    """Fill ``pose`` (under the ground-truth category's model, the pose the error measures) and
+    ``amodal_mask`` of each ``Record`` in place from ``run_dir``'s predictor.
+
+    Args:
+        records: ``Record`` list (``id``, ``level`` name the test images). images: ``paper.TestImages``.
+        run_dir: the evaluated run; its predictor gets the evaluation's options (``center``, ``quick``).
+    """
+    from ..data import PoseDataset
+    from ..evaluate import PREDICTOR_INPUT_KEYS, load_predictor
+
+    records = list(records)
+    if not records:
+        return
+    opts = _eval_options(Path(run_dir))
+    predictor = load_predictor(run_dir, device, quick=bool(opts.get("quick", False)), **opts.get("predictor_args", {}))
+    levels = sorted({r.level for r in records})
+    ds = PoseDataset(images.source.root, None, levels)
+    index = {(sid, level): i for i, (_, level, sid, _, _) in enumerate(ds.source.items)}
+    for b in range(0, len(records), batch_size):
+        chunk = records[b:b + batch_size]
+        missing = [r.key for r in chunk if r.key not in index]
+        if missing:
+            raise KeyError(f"test images {missing} are not in {images.source.root}")
+        items = [ds[index[r.key]] for r in chunk]
+        preds = predictor.predict([{k: it[k] for k in PREDICTOR_INPUT_KEYS} for it in items])
+        for r, pred in zip(chunk, preds):
+            if not pred.get("detected", False):
+                r.detected = False
+                continue
+            if r.pose is None and pred.get("pose_gt_category") is not None:
+                az, el, th = (float(a) for a in pred["pose_gt_category"])
+                r.pose = {"azimuth": az, "elevation": el, "theta": th}
+            if r.amodal_mask is None and pred.get("amodal_mask") is not None:
+                import numpy as np
+
+                r.amodal_mask = np.asarray(pred["amodal_mask"], dtype=bool)
