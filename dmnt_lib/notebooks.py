@@ -8,7 +8,7 @@ never writes them back (``tests/test_notebooks.py``).
 
 Reproducibility: before the first cell, a seed cell (not kept in the notebook) seeds
 ``random``, NumPy and torch with ``seed``; ``PYTHONHASHSEED`` is fixed; execution timing and
-widget state (random model ids) are not stored, so re-running gives the same cells and pictures
+widget state and widget views (random model ids; dead without a live kernel) are dropped, so re-running gives the same cells and pictures
 (text that reports wall times naturally differs).
 """
 
@@ -81,7 +81,7 @@ def execute_notebook(path, quick: bool = False, write: bool = True, seed: int = 
     with _env(DMNT_QUICK="1" if quick else "0", PYTHONHASHSEED="0",
               MPLBACKEND=os.environ.get("MPLBACKEND") if quick else None):
         client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, record_timing=False,
-                                store_widget_state=False, resources={"metadata": {"path": str(path.parent.resolve())}})
+                                store_widget_state=True, resources={"metadata": {"path": str(path.parent.resolve())}})
         try:
             client.execute()
         finally:

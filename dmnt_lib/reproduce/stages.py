@@ -14,6 +14,7 @@ and keep its finished stages.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 
@@ -60,13 +61,23 @@ def preset(name: str) -> dict:
 
 
 def cli_call(argv: list[str]) -> None:
-    """Run ``python -m dmnt_lib <argv>`` in-process; ``StageFailed`` on a non-zero status."""
+    """Run ``python -m dmnt_lib <argv>`` in-process; ``StageFailed`` on a non-zero status.
+
+    ``DMNT_QUICK`` is set to 0 for the call: several commands default ``--quick`` from it, and a
+    stage's quickness must come from its (hashed) config, passed as an explicit flag."""
     from ..__main__ import main
 
+    old = os.environ.get("DMNT_QUICK")
+    os.environ["DMNT_QUICK"] = "0"
     try:
         rc = main([str(a) for a in argv])
     except SystemExit as e:  # argparse usage errors
         rc = e.code if isinstance(e.code, int) else 1
+    finally:
+        if old is None:
+            os.environ.pop("DMNT_QUICK")
+        else:
+            os.environ["DMNT_QUICK"] = old
     if rc:
         raise StageFailed(f"`python -m dmnt_lib {' '.join(map(str, argv))}` exited with status {rc}")
 
