@@ -90,6 +90,12 @@ def _opt(name: str, value) -> list[str]:
     return [] if value is None else [name, str(value)]
 
 
+def _resume(run_dir: Path) -> list[str]:
+    """``--resume`` when an interrupted training left its checkpoint (both trainers refuse to
+    overwrite one without it)."""
+    return ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
+
+
 def _newest_results(run_dir: Path, since: float) -> list[Path]:
     found = [p for p in (run_dir / "eval").glob("*/results.json") if p.stat().st_mtime >= since - 1]
     if not found:
@@ -123,18 +129,22 @@ def build_stages(out, config: dict, figures_dir=None, device: str = "cpu") -> li
     stages.append(Stage("deform", d, lambda: cli_call(deform_argv), outputs=[deform_dir / f"{c}.pt" for c in cats],
                         inputs=["data-train"], clear=[deform_dir]))
 
+    # Both learners see the same images: every category, all of the training set (the commands'
+    # --quick would otherwise cut categories or images).
+    n_train = int(config["train_data"]["per_category"])
     t = dict(config["train"])
-    train_argv = ["train", "--data", train_dir, "--deform", deform_dir, "--out", dmnt_dir,
-                  *_opt("--epochs", t.get("epochs")), *_opt("--batch-size", t.get("batch_size")),
-                  *_flag("--quick", t.get("quick")), "--device", device]
-    stages.append(Stage("train", t, lambda: cli_call(train_argv), outputs=[dmnt_dir],
+    train_argv = ["train", "--data", train_dir, "--deform", deform_dir, "--out", dmnt_dir, "--categories", *cats,
+                  "--per-category", n_train, *_opt("--epochs", t.get("epochs")),
+                  *_opt("--batch-size", t.get("batch_size")), *_flag("--quick", t.get("quick")), "--device", device]
+    stages.append(Stage("train", t, lambda: cli_call(train_argv + _resume(dmnt_dir)), outputs=[dmnt_dir / "model.pt"],
                         inputs=["data-train", "deform"], clear=[dmnt_dir]))
 
     b = dict(config["baseline"])
-    base_argv = ["baseline", "train", "--data", train_dir, "--out", base_dir, *_opt("--epochs", b.get("epochs")),
-                 *_flag("--quick", b.get("quick")), "--device", device]
-    stages.append(Stage("baseline", b, lambda: cli_call(base_argv), outputs=[base_dir], inputs=["data-train"],
-                        clear=[base_dir]))
+    base_argv = ["baseline", "train", "--data", train_dir, "--out", base_dir, "--categories", *cats,
+                 "--per-category", n_train, *_opt("--epochs", b.get("epochs")), *_flag("--quick", b.get("quick")),
+                 "--device", device]
+    stages.append(Stage("baseline", b, lambda: cli_call(base_argv + _resume(base_dir)),
+                        outputs=[base_dir / "run.json"], inputs=["data-train"], clear=[base_dir]))
 
     e = dict(config["evaluate"])
     for name, run_dir, upstream in (("evaluate-dmnt", dmnt_dir, "train"), ("evaluate-baseline", base_dir, "baseline")):
