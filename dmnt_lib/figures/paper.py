@@ -110,13 +110,13 @@ def render_overlay(image: np.ndarray, mesh, pose: dict, focal: float, color=(0.1
         ``(H, W, 3)`` float in [0, 1] and the ``(H, W)`` bool silhouette of the drawn mesh.
     """
     from ..camera import pose_to_RT, pose_to_cameras
-    from ..render import rasterize
+    from ..render import uv_fragment
 
     h, w = image.shape[:2]
     cams = pose_to_cameras(pose["azimuth"], pose["elevation"], pose["theta"], pose["distance"], (h, w),
                            focal=float(focal), principal=torch.as_tensor(pose["principal"], dtype=torch.float32))
-    face = rasterize(mesh, cams, (h, w)).pix_to_face[0, ..., 0]
-    face = torch.where(face >= 0, face % mesh.num_faces, face)  # packed index -> index in the mesh
+    # uv_fragment's pix_to_face is (B, H, W), the face index within the mesh, whatever the backend.
+    face = uv_fragment(mesh, cams, (h, w)).pix_to_face[0]
     v = mesh.verts[mesh.faces]  # (F, 3, 3)
     normals = torch.nn.functional.normalize(torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]), dim=-1)
     R, _ = pose_to_RT(pose["azimuth"], pose["elevation"], pose["theta"], pose["distance"])
