@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .mesh import UVMesh
-from .raster import Fragments, rasterize
+from .raster import Fragments, rasterize, visibility
 
 __all__ = ["Fragments", "UVFragment", "rasterize", "uv_fragment", "sample_texture", "render_mask", "render_texture"]
 
@@ -103,7 +103,7 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor, mask: torch.Tensor |
 
 def render_mask(mesh: UVMesh, cameras, image_size, backend: str = "auto") -> torch.Tensor:
     """Silhouette ``(B, H, W)`` bool: pixels covered by the mesh (``backend`` as in ``rasterize``)."""
-    return rasterize(mesh, cameras, image_size, backend=backend).mask
+    return visibility(mesh, cameras, image_size, backend=backend) >= 0
 
 
 def render_texture(mesh: UVMesh, texture: torch.Tensor, cameras, image_size, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ from ..camera import _image_hw
 from ..mesh import UVMesh
 from .bary import barycentrics, pixel_centers_ndc, project_verts
 
-__all__ = ["Fragments", "BACKENDS", "rasterize", "resolve_backend", "barycentrics", "project_verts", "pixel_centers_ndc"]
+__all__ = ["Fragments", "BACKENDS", "rasterize", "visibility", "resolve_backend", "barycentrics", "project_verts", "pixel_centers_ndc"]
 
 BACKENDS = ("auto", "embree", "pytorch3d")
 
@@ -78,6 +78,24 @@ def _check_inputs(mesh, cameras) -> tuple[torch.Tensor, int]:
     return verts.to(cameras.device), b
 
 
+def _pix_to_face(verts, faces, cameras, h, w, backend) -> torch.Tensor:
+    if resolve_backend(backend, verts.device) == "embree":
+        from .embree import embree_pix_to_face
+
+        return embree_pix_to_face(verts, faces, cameras, h, w)
+    from .pytorch3d import pytorch3d_pix_to_face
+
+    return pytorch3d_pix_to_face(verts, faces, cameras, h, w)
+
+
+def visibility(mesh: UVMesh, cameras, image_size, backend: str = "auto") -> torch.Tensor:
+    """Only ``rasterize``'s ``pix_to_face (B, H, W)`` (int64, -1 off): for masks and face-id maps,
+    without the barycentric step. Same arguments and checks as ``rasterize``."""
+    verts, _ = _check_inputs(mesh, cameras)
+    h, w = _image_hw(image_size)
+    return _pix_to_face(verts, mesh.faces.to(verts.device), cameras, h, w, backend)
+
+
 def rasterize(mesh: UVMesh, cameras, image_size, backend: str = "auto") -> Fragments:
     """Rasterize ``mesh`` once per camera: the nearest face at every pixel centre.
 
@@ -94,16 +112,8 @@ def rasterize(mesh: UVMesh, cameras, image_size, backend: str = "auto") -> Fragm
     """
     verts, b = _check_inputs(mesh, cameras)
     h, w = _image_hw(image_size)
-    name = resolve_backend(backend, verts.device)
     faces = mesh.faces.to(verts.device)
-    if name == "embree":
-        from .embree import embree_pix_to_face
-
-        pix_to_face = embree_pix_to_face(verts, faces, cameras, h, w)
-    else:
-        from .pytorch3d import pytorch3d_pix_to_face
-
-        pix_to_face = pytorch3d_pix_to_face(verts, faces, cameras, h, w)
+    pix_to_face = _pix_to_face(verts, faces, cameras, h, w, backend)
     vb = verts.float()
     vb = vb.expand(b, -1, -1) if vb.dim() == 2 else vb
     bary, zbuf = barycentrics(project_verts(vb, cameras), faces, pix_to_face)
