@@ -18,10 +18,9 @@ per-face normals. Background: a procedural texture, a few textured random shapes
 two *pieces* (random part subsets) of other categories' models at random poses. Images are
 hard-edged (no anti-aliasing), so the stored amodal mask is exactly the object's pixels.
 
-Rasterization is PyTorch3D's (``MeshRasterizer``, one face per pixel, no blur, as in
-``render.rasterize``); to keep CPU cost down only the object's projected bounding box is
-rasterized (a camera with a shifted principal point) and back faces are culled first, which is
-exact for closed shells seen from outside. ``tests/test_data.py`` checks that re-rendering the
+Rasterization is ``render.rasterize`` (one face per pixel, no blur; Embree ray casting on CPU,
+exact to PyTorch3D, docs/design.md §7); only the object's projected bounding box is rasterized
+(a camera with a shifted principal point). ``tests/test_data.py`` checks that re-rendering the
 stored CAD file with ``render.render_mask`` gives back the stored mask.
 
 Randomness: everything comes from ``numpy.random.SeedSequence(seed, spawn_key=...)`` keyed by
@@ -209,24 +208,20 @@ def render_model(model: CADModel, pose: dict, image_size, rng: np.random.Generat
     x1, y1 = min(int(math.ceil(hi[0])) + 1, w), min(int(math.ceil(hi[1])) + 1, h)
     if x1 <= x0 or y1 <= y0:
         return rgb, mask
+    from ..raster import rasterize
+
     tri = verts[model.faces]  # (F, 3, 3)
     normals = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    eye = camera_center(*angles[:2], angles[3])[0]
-    front = ((tri[:, 0] - eye) * normals).sum(-1) < 0  # back faces of closed shells are never seen
-    keep = torch.nonzero(front)[:, 0]
-    if len(keep) == 0:
-        return rgb, mask
-    from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
-    from pytorch3d.structures import Meshes
-
     cams = pose_to_cameras(*[a.float() for a in angles], image_size=(y1 - y0, x1 - x0), focal=f,
                            principal=torch.tensor(pp - [x0, y0], dtype=torch.float32))
-    settings = RasterizationSettings(image_size=(y1 - y0, x1 - x0), blur_radius=0.0, faces_per_pixel=1, bin_size=0)
-    frags = MeshRasterizer(cameras=cams, raster_settings=settings)(Meshes([model.verts], [model.faces[keep]]))
-    p2f = frags.pix_to_face[0, ..., 0]
-    win = (p2f >= 0).numpy()
-    face = keep[p2f[p2f >= 0]].numpy()
-    bary = frags.bary_coords[0, ..., 0, :][p2f >= 0].double().numpy()
+    # No back-face culling needed: from outside, the nearest hit on closed shells is a front face,
+    # and the whole mesh keeps one cached Embree scene per model across samples.
+    with torch.no_grad():
+        frags = rasterize(model.to_uvmesh(), cams, (y1 - y0, x1 - x0))
+    p2f = frags.pix_to_face[0]
+    win = frags.mask[0].numpy()
+    face = p2f[frags.mask[0]].numpy()
+    bary = frags.bary[0][frags.mask[0]].double().numpy()
     points = (bary[:, :, None] * tri.numpy()[face]).sum(1)
     n_view = (normals.numpy()[face] @ R[0].numpy())
     n_view /= np.linalg.norm(n_view, axis=-1, keepdims=True) + 1e-12
