@@ -29,24 +29,24 @@ PRESETS: dict[str, dict] = {
     "tiny": {
         "categories": ["car", "bottle"], "image_size": 64,
         "train_data": {"per_category": 4, "seed": 0}, "test_data": {"per_category": 1, "seed": 1},
-        "deform": {"quick": True, "steps": 20, "seed": 0},
-        "train": {"quick": True, "epochs": 1, "batch_size": 4},
+        "deform": {"quick": True, "steps": 2, "seed": 0},
+        "train": {"quick": True, "epochs": 1, "batch_size": 4, "set": {"val_per_category": 1}},
         "baseline": {"quick": True, "epochs": 1},
         "evaluate": {"levels": [0, 1, 2, 3], "per_category": 1, "center": "known", "quick": True},
     },
     "quick": {
         "categories": list(CATEGORIES), "image_size": 128,
-        "train_data": {"per_category": 20, "seed": 0}, "test_data": {"per_category": 2, "seed": 1},
-        "deform": {"quick": True, "seed": 0},
-        "train": {"quick": True, "epochs": 2},
+        "train_data": {"per_category": 24, "seed": 0}, "test_data": {"per_category": 1, "seed": 1},
+        "deform": {"quick": True, "steps": 100, "seed": 0},
+        "train": {"quick": True, "epochs": 2, "set": {"val_per_category": 4}},
         "baseline": {"quick": True, "epochs": 2},
-        "evaluate": {"levels": [0, 1, 2, 3], "per_category": 2, "center": "known", "quick": True},
+        "evaluate": {"levels": [0, 1, 2, 3], "per_category": 1, "center": "known", "quick": True},
     },
     "full": {
         "categories": list(CATEGORIES), "image_size": 128,
         "train_data": {"per_category": 1000, "seed": 0}, "test_data": {"per_category": 20, "seed": 1},
         "deform": {"quick": False, "seed": 0},
-        "train": {"quick": False, "epochs": 15},
+        "train": {"quick": False, "epochs": 15, "set": {"val_per_category": 20}},
         "baseline": {"quick": False, "epochs": 15},
         "evaluate": {"levels": [0, 1, 2, 3], "per_category": 20, "center": "known", "quick": False},
     },
@@ -129,12 +129,14 @@ def build_stages(out, config: dict, figures_dir=None, device: str = "cpu") -> li
     stages.append(Stage("deform", d, lambda: cli_call(deform_argv), outputs=[deform_dir / f"{c}.pt" for c in cats],
                         inputs=["data-train"], clear=[deform_dir]))
 
-    # Both learners see the same images: every category, all of the training set (the commands'
-    # --quick would otherwise cut categories or images).
+    # Both learners see every category and all of the training set (the commands' --quick would
+    # otherwise cut categories or images); DMNT holds ``val_per_category`` of them out for its
+    # texture-correspondence check (train's last line), the baseline trains on all.
     n_train = int(config["train_data"]["per_category"])
     t = dict(config["train"])
+    sets = [x for k, v in sorted(t.get("set", {}).items()) for x in ("--set", f"{k}={v}")]
     train_argv = ["train", "--data", train_dir, "--deform", deform_dir, "--out", dmnt_dir, "--categories", *cats,
-                  "--per-category", n_train, *_opt("--epochs", t.get("epochs")),
+                  "--per-category", n_train, *sets, *_opt("--epochs", t.get("epochs")),
                   *_opt("--batch-size", t.get("batch_size")), *_flag("--quick", t.get("quick")), "--device", device]
     stages.append(Stage("train", t, lambda: cli_call(train_argv + _resume(dmnt_dir)), outputs=[dmnt_dir / "model.pt"],
                         inputs=["data-train", "deform"], clear=[dmnt_dir]))
