@@ -271,3 +271,43 @@ def test_figures_command_writes_every_file(test_images, records, tmp_path, capsy
     assert main(["figures", "--run", str(tmp_path / "nope"), "--data", str(test_images.source.root),
                  "--out", str(out)]) == 2
     assert "no evaluation in" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_missing_masks_are_predicted_for_the_shown_images_only(test_images, records, tmp_path):
+    """evaluate's lines carry no mask: the run's predictor is re-run on exactly the records given."""
+    from dmnt_lib import evaluate
+    from dmnt_lib.figures.cli import fill_missing, load_evaluations
+
+    by_key = {r.key: r for r in records}
+    seen = []
+
+    class Oracle:  # returns the synthetic prediction of each image (what the run "predicted")
+        method, config = "oracle", {}
+
+        def predict(self, batch):
+            out = []
+            for item in batch:
+                r = by_key[(item["id"], int(item["level"]))]
+                seen.append(r.key)
+                pose = tuple(r.pose[k] for k in ("azimuth", "elevation", "theta"))
+                out.append({"category": r.pred_category, "scores": {}, "pose": pose, "pose_gt_category": pose,
+                            "amodal_mask": r.amodal_mask, "detected": True, "time_s": 0.0})
+            return out
+
+    evaluate.register_predictor("figtest", lambda run_dir, device, args: Oracle())
+    run = tmp_path / "run"
+    _write_eval(run, records, "oracle")
+    (run / "run.json").write_text(json.dumps({"kind": "figtest"}))
+    pred = run / "eval" / "test" / "predictions.jsonl"
+    lines = [json.loads(line) for line in pred.read_text().splitlines()]
+    pred.write_text("".join(json.dumps({k: v for k, v in d.items() if k != "amodal_mask"}) + "\n" for d in lines))
+    ev = load_evaluations(run, test_images.source.root)
+    recs = ev["records"]["DMNT"]
+    assert all(r.amodal_mask is None for r in recs)
+    shown = pick_per_category(recs, 2)
+    assert fill_missing(shown, run, ev["images"]) == len(shown) == len(CATS)
+    assert sorted(seen) == sorted(r.key for r in shown)
+    for r in shown:
+        np.testing.assert_array_equal(r.amodal_mask, by_key[r.key].amodal_mask)
+    assert fill_missing(shown, run, ev["images"]) == 0  # nothing left to fill
