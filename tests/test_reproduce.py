@@ -53,12 +53,16 @@ def test_interrupted_stage_resumes_without_clearing(tmp_path):
     with pytest.raises(StageFailed, match="'b' failed: RuntimeError: boom"):
         rec.pipeline().run()
     assert (tmp_path / "manifest" / "a.json").exists() and not (tmp_path / "manifest" / "b.json").exists()
+    failed = rec.pipeline()
+    with pytest.raises(StageFailed):
+        failed.run()
+    assert [(r["stage"], r["status"]) for r in failed.rows] == [("a", "skipped"), ("b", "failed")]
     assert [p.status for p in rec.pipeline().plan()] == ["complete", "run", "run"]
     assert "resuming" in rec.pipeline().plan()[1].reason
     rec.fail = None
     rec.pipeline().run()
-    assert rec.calls == ["a", "b", "b", "c"]
-    assert (tmp_path / "b.txt").read_text().count("b:") == 2  # the partial output was kept for the stage's resume
+    assert rec.calls == ["a", "b", "b", "b", "c"]
+    assert (tmp_path / "b.txt").read_text().count("b:") == 3  # the partial output was kept for the stage's resume
 
 
 def test_changed_config_is_refused_then_redone(tmp_path):
@@ -141,7 +145,14 @@ def _missing_stage_commands() -> list[str]:
 
     parser = build_parser()
     registered = set(next(a for a in parser._actions if a.dest == "command").choices)
-    return [c for c in ("data", "deform", "train", "baseline", "evaluate") if c not in registered]
+    missing = [c for c in ("data", "deform", "train", "baseline", "evaluate") if c not in registered]
+    if "evaluate" in registered:  # evaluate needs each run kind's predictor module
+        import importlib.util
+
+        from dmnt_lib.evaluate import LAZY_PREDICTORS
+
+        missing += [f"{m} (the {k!r} predictor)" for k, m in LAZY_PREDICTORS.items() if importlib.util.find_spec(m) is None]
+    return missing
 
 
 @pytest.mark.slow

@@ -56,7 +56,11 @@ def reproduce(name: str = "full", out=None, figures=None, redo: bool = False, de
     out = Path(out) if out is not None else Path("runs") / name
     pipe = Pipeline(out, build_stages(out, config, figures, device), log=log)
     t0 = time.perf_counter()
-    rows = pipe.run(redo=redo)
+    try:
+        rows = pipe.run(redo=redo)
+    except StageFailed:
+        log(summary_markdown(pipe.rows, time.perf_counter() - t0, name).rstrip())
+        raise
     total = time.perf_counter() - t0
     md = summary_markdown(rows, total, name)
     atomic_write_text(out / "summary.md", md)

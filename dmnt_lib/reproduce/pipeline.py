@@ -106,6 +106,7 @@ class Pipeline:
                 raise ValueError(f"stage {s.name!r}: inputs {missing} are not earlier stages")
         self.stages = list(stages)
         self.log = log
+        self.rows: list[dict] = []
 
     # ------------------------------------------------------------------ manifests
 
@@ -178,7 +179,7 @@ class Pipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         n = len(plans)
         tokens: dict[str, str] = {}
-        rows = []
+        rows = self.rows = []  # kept on the object, so a caller can summarise a failed run
         for i, p in enumerate(plans, 1):
             s = p.stage
             prefix = f"[{i}/{n}] {s.name:<18}"
@@ -195,9 +196,11 @@ class Pipeline:
             t0 = time.perf_counter()
             try:
                 produced = s.run()
-            except StageFailed:
-                raise
             except Exception as e:
+                rows.append({"stage": s.name, "status": "failed", "seconds": round(time.perf_counter() - t0, 3),
+                             "reason": str(e), "config_hash": p.hash})
+                if isinstance(e, StageFailed):
+                    raise
                 raise StageFailed(f"stage {s.name!r} failed: {type(e).__name__}: {e}") from e
             seconds = time.perf_counter() - t0
             outputs = [str(x) for x in (produced if produced is not None else s.outputs)]
