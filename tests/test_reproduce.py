@@ -151,7 +151,13 @@ def _missing_stage_commands() -> list[str]:
 
         from dmnt_lib.evaluate import LAZY_PREDICTORS
 
-        missing += [f"{m} (the {k!r} predictor)" for k, m in LAZY_PREDICTORS.items() if importlib.util.find_spec(m) is None]
+        def absent(module):
+            try:
+                return importlib.util.find_spec(module) is None
+            except ModuleNotFoundError:  # its parent package is missing too
+                return True
+
+        missing += [f"{m} (the {k!r} predictor)" for k, m in LAZY_PREDICTORS.items() if absent(m)]
     return missing
 
 
