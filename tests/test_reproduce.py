@@ -190,3 +190,65 @@ def test_reproduce_tiny_end_to_end(tmp_path, capsys):
     assert [r["status"] for r in json.loads((out / "summary.json").read_text())["stages"]] == ["skipped"] * 8
     after = {p: p.stat().st_mtime_ns for p in list(out.rglob("*")) + list(figs.rglob("*")) if "summary" not in p.name}
     assert after == before
+
+
+def _fake_commands(calls):
+    """Stand-ins for the stage commands that write what each real one leaves behind."""
+
+    def call(argv):
+        argv = [str(a) for a in argv]
+        calls.append(argv[0] if argv[0] != "baseline" else "baseline")
+        opt = lambda name: Path(argv[argv.index(name) + 1])  # noqa: E731
+        if argv[0] == "data":
+            opt("--out").mkdir(parents=True, exist_ok=True)
+            (opt("--out") / "meta.json").write_text("{}")
+        elif argv[0] == "deform":
+            opt("--checkpoint-dir").mkdir(parents=True, exist_ok=True)
+            for c in argv[argv.index("--categories") + 1:argv.index("--categories") + 3]:
+                (opt("--checkpoint-dir") / f"{c}.pt").write_text("")
+        elif argv[0] == "train":
+            opt("--out").mkdir(parents=True, exist_ok=True)
+            (opt("--out") / "model.pt").write_text("")
+        elif argv[0] == "baseline":
+            opt("--out").mkdir(parents=True, exist_ok=True)
+            (opt("--out") / "run.json").write_text("{}")
+        elif argv[0] == "evaluate":
+            d = opt("--run") / "eval" / "x"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "results.json").write_text("{}")
+            (d / "predictions.jsonl").write_text("")
+
+    return call
+
+
+def test_real_stage_graph_refuses_and_redoes_only_what_depends(tmp_path, monkeypatch, capsys):
+    import dmnt_lib.figures.cli as fig_cli
+    from dmnt_lib.__main__ import main
+
+    calls = []
+    monkeypatch.setattr(real_stages, "cli_call", _fake_commands(calls))
+
+    def fake_figures(run, data, out, baseline=None, **kw):
+        calls.append("figures")
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "fig4_categories.png").write_text("")
+        return [Path(out) / "fig4_categories.png"]
+
+    monkeypatch.setattr(fig_cli, "make_figures", fake_figures)
+    argv = ["reproduce", "--preset", "tiny", "--out", str(tmp_path / "run")]
+    assert main(argv + ["--dry-run"]) == 0
+    assert capsys.readouterr().out.count("run: not finished") == 8
+    assert main(argv) == 0
+    assert calls == ["data", "data", "deform", "train", "baseline", "evaluate", "evaluate", "figures"]
+    out = capsys.readouterr().out
+    assert sum(line.startswith("[") for line in out.splitlines()) == 8 and "| train | ran |" in out
+    calls.clear()
+    monkeypatch.setitem(real_stages.PRESETS["tiny"]["train"], "epochs", 3)
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert "train: epochs: 1 -> 3" in err and "--redo" in err and calls == []
+    assert main(argv + ["--redo"]) == 0
+    # Only the DMNT branch reruns: train, its evaluation, the figures; data, deform and the baseline are kept.
+    assert calls == ["train", "evaluate", "figures"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [r["status"] for r in summary["stages"]] == ["skipped"] * 3 + ["ran", "skipped", "ran", "skipped", "ran"]
