@@ -63,17 +63,27 @@ def find_eval(run_dir: Path, name: str | None = None) -> Path:
     return found[-1]
 
 
-def _fig3(out: Path) -> list[Path]:
-    """Fig. 3 (the training loss diagram) from the model package, if it provides a figure function."""
-    for mod_name in ("dmnt_lib.model.viz", "dmnt_lib.model.figures", "dmnt_lib.model"):
-        try:
-            mod = importlib.import_module(mod_name)
-        except ModuleNotFoundError:
-            continue
-        fn = getattr(mod, "training_loss_figure", None)
-        if fn is not None:
-            return [Path(fn(out / "training_loss.png"))]
-    return []
+def _fig3(run_dir: Path, data, out: Path) -> list[Path]:
+    """Fig. 3 (how the training loss is built) with the trained model, on the first L0 test image of
+    its first category (car when it has one), by the model package's ``figure3``; nothing when the
+    run has no ``model.pt`` (e.g. a baseline-only comparison) or the package is absent."""
+    model_path = Path(run_dir) / "model.pt"
+    if not model_path.is_file():
+        return []
+    try:
+        from ..model import DMNT
+        from ..model.viz import figure3
+    except ModuleNotFoundError:
+        return []
+    import matplotlib.pyplot as plt
+
+    from ..data import PoseDataset
+
+    model = DMNT.load(model_path)
+    cat = "car" if "car" in model.categories else model.categories[0]
+    ds = PoseDataset(data, [cat], [0])
+    plt.close(figure3(model, ds[0], out / "training_loss.png"))
+    return [out / "training_loss.png"]
 
 
 def fill_missing(records, run_dir: Path, images, device: str = "cpu") -> int:
@@ -127,7 +137,7 @@ def make_figures(run_dir, data, out, baseline_dir=None, eval_name=None, n_failur
         if n:
             log(f"figures: re-ran the {k} predictor on {n} images (predictions.jsonl has no pose/mask)")
 
-    written = _fig3(out)
+    written = _fig3(run_dir, data, out)
     written.append(paper.figure4(dm, images, out / "fig4_categories.png"))
     written.append(paper.figure5(dm, images, out / "fig5_occluded.png"))
     if base is not None:

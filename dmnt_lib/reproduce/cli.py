@@ -67,6 +67,9 @@ def reproduce(name: str = "full", out=None, figures=None, redo: bool = False, de
     atomic_write_text(out / "summary.json", json.dumps({"preset": name, "seconds": round(total, 3), "stages": rows,
                                                         "config": config}, indent=1) + "\n")
     log(md.rstrip())
+    table = (Path(figures) if figures is not None else out / "figures") / "results.md"
+    if table.is_file():
+        log("\n" + table.read_text().rstrip())
     return rows
 
 
