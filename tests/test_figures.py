@@ -311,3 +311,21 @@ def test_missing_masks_are_predicted_for_the_shown_images_only(test_images, reco
     for r in shown:
         np.testing.assert_array_equal(r.amodal_mask, by_key[r.key].amodal_mask)
     assert fill_missing(shown, run, ev["images"]) == 0  # nothing left to fill
+
+
+def test_evaluate_records_carry_the_mask_the_figures_draw(test_images, records):
+    """evaluate's predictions.jsonl line holds the predicted amodal mask (RLE), so the figures need
+    no second inference; normalize reads the line back to the same mask and pose."""
+    from dmnt_lib.data import PoseDataset
+    from dmnt_lib.evaluate import image_record
+
+    ds = PoseDataset(test_images.source.root, ["chair"], [2])
+    item = ds[0]
+    r = next(x for x in records if x.key == (item["id"], 2))
+    pose = tuple(r.pose[k] for k in ("azimuth", "elevation", "theta"))
+    line = image_record(item, {"category": "chair", "pose": pose, "pose_gt_category": pose,
+                               "amodal_mask": r.amodal_mask, "detected": True, "time_s": 0.0})
+    back = normalize(json.loads(json.dumps(line)))
+    np.testing.assert_array_equal(back.amodal_mask, r.amodal_mask)
+    assert back.pose == pytest.approx({k: r.pose[k] for k in ("azimuth", "elevation", "theta")})
+    assert back.pose_error_deg == pytest.approx(r.pose_error_deg, abs=1e-3) and back.iou == pytest.approx(r.iou)
