@@ -31,7 +31,7 @@ demo: $(STAMP)
 
 # The full configuration (runs/full; figures into figures/full). Resumable: rerun after an interruption.
 reproduce: $(STAMP)
-	$(PY) -m dmnt_lib reproduce --out runs/full --figures figures/full
+	$(PY) -m dmnt_lib reproduce --preset full --out runs/full --figures figures/full
 
 # Re-execute notebooks 00-07 in their full configuration, seeded, and write them back with outputs.
 notebooks: $(STAMP)
