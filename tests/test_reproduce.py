@@ -243,10 +243,11 @@ def test_real_stage_graph_refuses_and_redoes_only_what_depends(tmp_path, monkeyp
     out = capsys.readouterr().out
     assert sum(line.startswith("[") for line in out.splitlines()) == 8 and "| train | ran |" in out
     calls.clear()
-    monkeypatch.setitem(real_stages.PRESETS["tiny"]["train"], "epochs", 3)
+    argv += ["--set", "train.epochs=3"]
     assert main(argv) == 3
     err = capsys.readouterr().err
     assert "train: epochs: 1 -> 3" in err and "--redo" in err and calls == []
+    assert main(argv + ["--set", "nope=1"]) == 2 and "unknown preset field" in capsys.readouterr().err
     assert main(argv + ["--redo"]) == 0
     # Only the DMNT branch reruns: train, its evaluation, the figures; data, deform and the baseline are kept.
     assert calls == ["train", "evaluate", "figures"]

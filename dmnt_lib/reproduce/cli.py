@@ -38,6 +38,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--redo", action="store_true", help="recompute stages whose config changed (default: refuse)")
     p.add_argument("--dry-run", action="store_true", help="print each stage's status and exit")
     p.add_argument("--device", default="cpu", help="torch device for deform/train/baseline/figures (default cpu)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset field, dotted, the value as JSON (e.g. train.epochs=10, "
+                   "train_data.per_category=500, categories='[\"car\"]'); part of the config hash")
     p.set_defaults(func=run)
     return p
 
@@ -46,6 +49,29 @@ def summary_markdown(rows: list[dict], total: float, name: str) -> str:
     lines = [f"# reproduce ({name}): {total:.1f} s", "", "| stage | status | seconds | config |", "|---|---|---:|---|"]
     lines += [f"| {r['stage']} | {r['status']} | {r['seconds']:.1f} | {r['config_hash'][:8]} |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def apply_overrides(config: dict, items: list[str]) -> dict:
+    """``config`` with each ``KEY=VALUE`` of ``items`` applied (dotted keys into nested dicts; the
+    value parsed as JSON, else kept as a string). Unknown top-level or section keys are refused."""
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, text = item.split("=", 1)
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        *path, last = key.split(".")
+        node = config
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"--set {key}: {part!r} is not a section of the preset ({sorted(node)})")
+            node = node[part]
+        if not path and last not in node:
+            raise ValueError(f"--set {key}: unknown preset field (have {sorted(node)})")
+        node[last] = value
+    return config
 
 
 def reproduce(name: str = "full", out=None, figures=None, redo: bool = False, device: str = "cpu",
@@ -76,13 +102,18 @@ def reproduce(name: str = "full", out=None, figures=None, redo: bool = False, de
 def run(args) -> int:
     name = "quick" if args.quick else (args.preset or ("quick" if os.environ.get("DMNT_QUICK") == "1" else "full"))
     out = args.out if args.out is not None else Path("runs") / name
+    try:
+        config = apply_overrides(preset(name), args.set)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.dry_run:
-        pipe = Pipeline(out, build_stages(out, preset(name), args.figures, args.device))
+        pipe = Pipeline(out, build_stages(out, config, args.figures, args.device))
         for i, p in enumerate(pipe.plan(), 1):
             print(f"[{i}/{len(pipe.stages)}] {p.stage.name:<18} {p.status}: {p.reason}")
         return 0
     try:
-        reproduce(name, out, args.figures, args.redo, args.device)
+        reproduce(name, out, args.figures, args.redo, args.device, config=config)
     except ConfigChanged as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
