@@ -117,6 +117,10 @@ def load_evaluations(run_dir, data, baseline_dir=None, eval_name=None) -> dict:
 def make_figures(run_dir, data, out, baseline_dir=None, eval_name=None, n_failures: int = 4, device: str = "cpu",
                  log=print) -> list[Path]:
     """Write every figure of the module docstring into ``out``; returns the paths written."""
+    import matplotlib
+
+    if "inline" not in matplotlib.get_backend():  # files only: no window, whatever the display
+        matplotlib.use("Agg")
     from . import paper
     from .records import pick_per_category, select_failures
 

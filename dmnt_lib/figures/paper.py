@@ -50,10 +50,7 @@ _POSE_KEYS = ("azimuth", "elevation", "theta", "distance")
 
 
 def _plt():
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        matplotlib.use("Agg")
+    # The backend is the caller's (inline in a notebook); the figures command selects Agg.
     import matplotlib.pyplot as plt
 
     return plt
