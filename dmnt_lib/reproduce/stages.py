@@ -36,8 +36,8 @@ PRESETS: dict[str, dict] = {
     },
     "quick": {
         "categories": list(CATEGORIES), "image_size": 128,
-        "train_data": {"per_category": 24, "seed": 0}, "test_data": {"per_category": 1, "seed": 1},
-        "deform": {"quick": True, "steps": 100, "seed": 0},
+        "train_data": {"per_category": 16, "seed": 0}, "test_data": {"per_category": 1, "seed": 1},
+        "deform": {"quick": True, "steps": 60, "seed": 0},
         "train": {"quick": True, "epochs": 2, "set": {"val_per_category": 4}},
         "baseline": {"quick": True, "epochs": 2},
         "evaluate": {"levels": [0, 1, 2, 3], "per_category": 1, "center": "known", "quick": True},
