@@ -34,8 +34,10 @@ camera of the stored image:
       focal_crop     = focal * viewport * rate
 
   i.e. the crop centre ``(w // 2, h // 2)`` plus the truncation residual (in ``[0, 1)`` pixel;
-  the per-axis resize factors differ from ``rate`` by less than ``1 / W``, which moves no point
-  of the crop by more than half a pixel, so one isotropic focal length is used). The stored
+  the per-axis resize factors ``int(W * rate) / W`` differ from ``rate`` by less than ``1 / W``,
+  which moves a point of the crop by less than ``(w / 2) / int(W * rate)`` pixels — under half a
+  pixel unless the crop is wider than the resized photo — so one isotropic focal length
+  ``focal * viewport * rate`` is used, as NeMo's own renderer does). The stored
   ``principal`` is taken in our pixel convention (pixel ``(i, j)`` centred at ``(j + .5, i + .5)``);
   PASCAL3D+'s MATLAB annotations may be 1-based, which would put it half an *original* pixel
   (``rate / 2`` crop pixels) off, well below annotation accuracy. OccludedPASCAL3D+'s
@@ -157,14 +159,16 @@ class Sample:
 # --------------------------------------------------------------------------- writing
 
 
-def npz_bytes(arrays: dict) -> bytes:
+def npz_bytes(arrays: dict, allow_pickle: bool = False) -> bytes:
     """A compressed ``.npz`` (readable by ``np.load``) whose bytes depend only on ``arrays``
-    (``np.savez_compressed`` stamps the current time into the zip)."""
+    (``np.savez_compressed`` stamps the current time into the zip). ``allow_pickle=True``
+    writes object arrays as ``np.savez`` does (pickled) — only ``nemo_prep`` needs that, to
+    write NeMo's ``occ_mask=None`` faithfully; nothing here ever reads such a member."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for key, value in arrays.items():
             member = io.BytesIO()
-            np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+            np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=allow_pickle)
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, member.getvalue())
