@@ -105,7 +105,7 @@ from .shapes import CATEGORIES
 
 __all__ = [
     "Sample", "Pascal3D", "read_annotation", "read_image", "write_sample", "write_list", "read_list",
-    "nemo_lists", "atomic_write_bytes", "npz_bytes", "level_folders", "detect_convention",
+    "nemo_lists", "atomic_write_bytes", "npz_bytes", "level_folders", "detect_convention", "cad_is_z_up",
     "nemo_resize_rate", "nemo_crop_camera", "nemo_crop_mask", "REQUIRED_FIELDS", "OPTIONAL_FIELDS",
     "NEMO_FIELDS", "DMNT_FORMAT", "OCC_ROOT_NAME", "CAD_RELEASE_NAME",
 ]
@@ -533,6 +533,19 @@ def detect_convention(root: str | os.PathLike) -> tuple[str, dict | None]:
                      f"expected {DMNT_FORMAT!r}) and NeMo's folders have no meta.json: {root} fits neither convention")
 
 
+def cad_is_z_up(root: str | os.PathLike) -> bool:
+    """Whether the CAD files a folder goes with are stored z up (PASCAL3D+'s on-disk frame):
+    always, except for our format-version-1 datasets (``meta.json`` without ``cad_frame``) and
+    a ``meta.json`` of ours saying ``"cad_frame": "y_up"``. For every reader of ``CAD/``."""
+    convention, meta = detect_convention(root)
+    if convention != "dmnt":
+        return True
+    frame = meta.get("cad_frame", "y_up" if meta.get("version", 1) == 1 else None)
+    if frame not in ("z_up", "y_up"):
+        raise ValueError(f"{Path(root) / 'meta.json'}: 'cad_frame' must be 'z_up' or 'y_up', got {frame!r}")
+    return frame == "z_up"
+
+
 def level_folders(root: str | os.PathLike, category: str, level: int, occ_root=None) -> tuple[Path, Path, Path]:
     """``(images_dir, annotations_dir, list_path)`` of one category and level, in whichever
     layout ``root`` uses (ours ``L{k}/...`` first, then NeMo's ``<cat>`` / ``<cat>FGL{k}_BGL{k}``
@@ -610,14 +623,8 @@ class Pascal3D:
         occ_root = None if occ_root is None else _checks.path("occ_root", occ_root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset root not found: {self.root}")
-        self.convention, meta = detect_convention(self.root)
-        if self.convention == "dmnt":
-            frame = meta.get("cad_frame", "y_up" if meta.get("version", 1) == 1 else None)
-            if frame not in ("z_up", "y_up"):
-                raise ValueError(f"{self.root / 'meta.json'}: 'cad_frame' must be 'z_up' or 'y_up', got {frame!r}")
-            self.cad_z_up = frame == "z_up"
-        else:
-            self.cad_z_up = True  # PASCAL3D+'s CAD files
+        self.convention, _ = detect_convention(self.root)
+        self.cad_z_up = cad_is_z_up(self.root)
         if occ_root is None and (self.root.parent / OCC_ROOT_NAME).is_dir() and self.root.name != OCC_ROOT_NAME:
             occ_root = self.root.parent / OCC_ROOT_NAME
         self.occ_root = occ_root
