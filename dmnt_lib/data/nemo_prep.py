@@ -112,14 +112,18 @@ class OriginalRecord:
 
 def render_original(category: str, cad_index: int, name: str, image_hw, azimuth: float, elevation: float,
                     theta: float, distance: float, principal, seed: int = 0, cad_seed: int = 0,
-                    subtype: str = "default", viewport: float = PASCAL3D_VIEWPORT) -> tuple[OriginalRecord, np.ndarray]:
+                    subtype: str = "default", viewport: float = PASCAL3D_VIEWPORT,
+                    supersample: int = 1) -> tuple[OriginalRecord, np.ndarray]:
     """A synthetic PASCAL3D+ photo: CAD model ``cad_index`` of ``category`` (``shapes.cad_model``)
     at the given pose with PASCAL3D+'s camera (focal 1, viewport 3000, ``principal`` (x, y)
-    anywhere), drawn bright (values 215–255) on a dark noisy background (0–40).
+    anywhere), drawn bright (values 230–240) on a dark background (15–25).
 
     Args:
         image_hw: ``(H, W)`` of the photo. seed: the noise's seed.
         viewport: PASCAL3D+'s 3000; smaller values give small objects for quick tests.
+        supersample: ``k`` renders ``k x k`` samples per pixel and blends by coverage (an
+            anti-aliased photo, as a camera's is; the returned mask is coverage >= 1/2). Matters
+            when NeMo enlarges the photo (rate > 1): 1-sample staircases would be enlarged too.
 
     Returns:
         The record (``bbox`` = the object's box in the photo, pixel edges) and its amodal mask
@@ -132,12 +136,18 @@ def render_original(category: str, cad_index: int, name: str, image_hw, azimuth:
     rng = np.random.default_rng(np.random.SeedSequence(_checks.seed("seed", seed)))
     pose = {"azimuth": azimuth, "elevation": elevation, "theta": theta, "distance": distance,
             "focal": PASCAL3D_FOCAL, "viewport": _checks.positive("viewport", viewport), "principal": np.asarray(principal, dtype=np.float64)}
-    _, mask = render_model(model, pose, (h, w), rng)
-    if not mask.any():
+    k = _checks.integer("supersample", supersample, 1)
+    # k x k samples per pixel: the same camera in a k times finer pixel grid (pixel edges at 0)
+    fine = {**pose, "viewport": pose["viewport"] * k, "principal": pose["principal"] * k}
+    _, hit = render_model(model, fine, (h * k, w * k), rng)
+    cover = hit.reshape(h, k, w, k).mean((1, 3))
+    if not cover.any():
         raise ValueError(f"{category} model {cad_index} is not in the {h}x{w} photo at principal {list(principal)}")
-    image = rng.integers(0, 41, (h, w, 3)).astype(np.uint8)
-    image[mask] = rng.integers(215, 256, (int(mask.sum()), 3)).astype(np.uint8)
-    ys, xs = np.nonzero(mask)
+    # faint noise only: strong per-pixel noise would make JPEG ring along the object's outline
+    dark, bright = rng.integers(15, 26, (h, w, 3)), rng.integers(230, 241, (h, w, 3))
+    image = np.round(dark + cover[..., None] * (bright - dark)).astype(np.uint8)
+    mask = cover >= 0.5
+    ys, xs = np.nonzero(cover)
     bbox = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float64)
     record = OriginalRecord(name, category, image, int(cad_index), float(azimuth), float(elevation), float(theta),
                             float(distance), np.asarray(principal, dtype=np.float64).copy(), bbox,
