@@ -1,7 +1,8 @@
 """A ``torch.utils.data.Dataset`` over PASCAL3D+-layout data (real or synthetic).
 
 Items are dicts of tensors (plus strings), so ``torch.utils.data.default_collate`` batches them
-when the images share a size (always for synthetic data, and for NeMo's fixed-size crops):
+when the images share a size (always for synthetic data; NeMo's crops only within a category,
+or for any mix with ``image_size``):
 
 ====================  ================================================================
 ``image``             ``(3, H, W)`` float32 in [0, 1]
@@ -42,6 +43,7 @@ from ..camera import pose_to_cameras
 from ..mesh import UVMesh
 from ..render import render_mask
 from ..fileio import atomic_write_bytes
+from . import _checks
 from .pascal3d import Pascal3D, Sample, npz_bytes
 from .shapes import CATEGORIES
 
@@ -81,14 +83,20 @@ class PoseDataset(torch.utils.data.Dataset):
         mask_cache: folder for rendered masks (str or path); None: ``default_mask_cache()``;
             False: keep them in memory only (this dataset object, this process).
         occ_root: as ``Pascal3D`` (NeMo's OccludedPASCAL3D+ root).
+        image_size: None (images as stored) or ``(H, W)``: every image is scaled by
+            ``min(H / h, W / w)`` (bilinear; stored masks nearest) and centred on a zero canvas
+            of that size, the camera scaled and shifted with it (so rendered masks are exact).
+            NeMo's crops differ per category (256 x 672 for car, 544 x 384 for chair, ...):
+            this is what lets one batch mix categories, and what makes them affordable on a CPU.
     """
 
     def __init__(self, root, categories=None, levels=(0,), cad_root=None, render_missing_masks: bool = True,
-                 mask_cache=None, occ_root=None):
+                 mask_cache=None, occ_root=None, image_size=None):
         if not isinstance(render_missing_masks, bool):
             raise TypeError(f"render_missing_masks must be a bool, got {type(render_missing_masks).__name__}")
         if mask_cache is not None and mask_cache is not False and not isinstance(mask_cache, (str, os.PathLike)):
             raise TypeError(f"mask_cache must be a folder (str or path), None or False, got {type(mask_cache).__name__}")
+        self.image_size = None if image_size is None else _checks.image_hw("image_size", image_size, minimum=8, allow_int=False)
         self.source = Pascal3D(root, categories, levels, cad_root, occ_root)
         self.render_missing_masks = render_missing_masks
         self.mask_cache = None if mask_cache is False else Path(mask_cache) if mask_cache is not None else default_mask_cache()
@@ -111,15 +119,49 @@ class PoseDataset(torch.utils.data.Dataset):
             self._meshes[key] = UVMesh(verts, faces, torch.zeros(1, 2), torch.zeros_like(faces))
         return self._meshes[key]
 
+    def fit(self, s: Sample) -> Sample:
+        """``s`` scaled and centred into ``image_size`` (see the class docstring); ``s`` itself if None.
+
+        The image ``(h, w, 3)`` is resized to ``(round(h c), round(w c))``, ``c = min(H / h, W / w)``,
+        and pasted at ``((W - w') // 2, (H - h') // 2)``; ``focal`` becomes ``focal * c`` and the
+        principal point ``principal * (w' / w, h' / h) + offset`` (the rounding of ``w'``, ``h'``
+        makes the two factors differ from ``c`` by less than ``1 / (2 w)``, moving no pixel by
+        more than a quarter). ``bbox`` is dropped (recomputed from the mask); the occlusion
+        ratio is the stored image's.
+        """
+        if self.image_size is None:
+            return s
+        from dataclasses import replace
+
+        from PIL import Image
+
+        (h, w), (H, W) = s.image.shape[:2], self.image_size
+        c = min(H / h, W / w)
+        nh, nw = max(1, min(H, round(h * c))), max(1, min(W, round(w * c)))
+        ox, oy = (W - nw) // 2, (H - nh) // 2
+
+        def place(a, resample):
+            canvas = np.zeros((H, W) + a.shape[2:], dtype=a.dtype)
+            im = Image.fromarray(a if a.dtype == np.uint8 else a.astype(np.uint8) * 255)
+            r = np.asarray(im.resize((nw, nh), resample))
+            canvas[oy:oy + nh, ox:ox + nw] = r if a.dtype == np.uint8 else r > 127
+            return canvas
+
+        masks = {k: None if getattr(s, k) is None else place(getattr(s, k), Image.NEAREST)
+                 for k in ("mask", "visible_mask", "occluder_mask")}
+        return replace(s, image=place(s.image, Image.BILINEAR), focal=s.focal * c, bbox=None,
+                       principal=np.asarray(s.principal, dtype=np.float64) * (nw / w, nh / h) + (ox, oy),
+                       **masks, crop={**(s.crop or {}), "fit": {"stored_hw": (h, w), "scale": c, "offset": (ox, oy)}})
+
     def _cache_key(self, s: Sample) -> str:
         """What the rendered mask depends on: the annotation's bytes, the CAD file's bytes and
-        frame, the image size and the convention (sha256, hex)."""
+        frame, the image size (stored and fitted) and the convention (sha256, hex)."""
         key = (s.category, s.cad_index)
         if key not in self._cad_digest:
             self._cad_digest[key] = hashlib.sha256(self.source.cad_path(*key).read_bytes()).digest()
         h = hashlib.sha256(_MASK_CACHE_VERSION)
         for part in (s.annotation_path.read_bytes(), self._cad_digest[key],
-                     f"{self.source.cad_z_up} {s.image.shape[:2]} {s.convention}".encode()):
+                     f"{self.source.cad_z_up} {s.image.shape[:2]} {s.convention} {(s.crop or {}).get('fit')}".encode()):
             h.update(len(part).to_bytes(8, "little") + part)
         return h.hexdigest()
 
@@ -167,7 +209,7 @@ class PoseDataset(torch.utils.data.Dataset):
         return mask, visible, occ, ratio
 
     def __getitem__(self, i: int) -> dict:
-        s = self.source[i]
+        s = self.fit(self.source[i])
         f32 = lambda x: torch.tensor(x, dtype=torch.float32)
         item = {
             "image": torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1).float() / 255,
