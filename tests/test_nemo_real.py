@@ -3,8 +3,6 @@ emulator (``dmnt_lib.data.nemo_prep``): CAD frame, cropped-and-scaled cameras, l
 masks in original pixels, ``occ_mask=None`` never unpickled, rendered-mask cache."""
 
 import math
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +11,10 @@ import torch
 from dmnt_lib.camera import pose_to_RT, project_points
 from dmnt_lib.data import dataset as dataset_module
 from dmnt_lib.data.dataset import PoseDataset
-from dmnt_lib.data.nemo_prep import (OUT_SHAPES, TOP_50_SIZE, OriginalRecord, out_shape, prepare_record, prepare_split,
-                                     render_original)
+from dmnt_lib.data.nemo_prep import OUT_SHAPES, TOP_50_SIZE, out_shape, prepare_record, prepare_split, render_original
 from dmnt_lib.data.pascal3d import Pascal3D, nemo_lists, nemo_resize_rate, read_annotation
 from dmnt_lib.data.shapes import CATEGORIES, cad_model, signed_volume, write_cad_library
-from dmnt_lib.mesh import read_off, write_off, y_up_to_z_up, z_up_to_y_up
+from dmnt_lib.mesh import read_off, y_up_to_z_up, z_up_to_y_up
 
 
 def _project(cat, idx, pose, focal, principal):

@@ -88,7 +88,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import struct
 import zipfile
