@@ -10,7 +10,8 @@ NeMo (Wang et al., ICLR 2021) does not use PASCAL3D+'s photos directly: its scri
 3. a window of the category's ``out_shape`` centred at ``c = (principal * rate).astype(int)``:
    rows ``[c_y - h // 2, c_y - h // 2 + h)``, columns alike (BboxTools' ``box_by_shape``), the
    resized photo zero-padded first where the window leaves it; ``out_shape`` is
-   ``top_50_size_dict[category]`` (``code/dataset/kp_list.py``) with each side rounded up to a
+   ``top_50_size_dict[category]`` (``code/dataset/kp_list.py``, read at commit
+   ``24f74fb53a5530ddba13f67ff39fb749d96bc4e3``) with each side rounded up to a
    multiple of 32 (``OUT_SHAPES``: car 256 x 672, aeroplane 320 x 1024, ...);
 4. ``images/<cat><pendix>/<name>.JPEG`` (PIL, quality 75) and ``annotations/<cat><pendix>/<name>.npz``
    (``np.savez``) with ``name, box, box_ori, box_obj, cropped_kp_list, visible, occ_mask`` and
