@@ -582,7 +582,7 @@ def test_nemo_fixture_with_extra_fields_list_folders_and_no_masks(tmp_path):
     assert s0.mask is None and s0.occlusion_ratio is None and src.cad_root == tmp_path
     s1 = src[2]
     assert s1.occlusion_ratio == pytest.approx(12 / 30, abs=1e-12) and s1.visible_mask.sum() == 20 * 18
-    ds = PoseDataset(root, levels=(0,))
+    ds = PoseDataset(root, levels=(0,), mask_cache=tmp_path / "masks")
     for i, sid in enumerate(("n0002", "n0001")):
         item = ds[i]
         cad, pose = poses[sid]
