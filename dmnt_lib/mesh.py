@@ -31,6 +31,8 @@ __all__ = [
     "UVMesh",
     "read_off",
     "write_off",
+    "z_up_to_y_up",
+    "y_up_to_z_up",
     "cuboid_template",
     "uv_sphere",
     "atomic_write_text",
@@ -205,6 +207,23 @@ def _check_indices(name: str, idx: torch.Tensor, n: int) -> None:
 # --------------------------------------------------------------------------- OFF files
 
 
+def z_up_to_y_up(verts: torch.Tensor) -> torch.Tensor:
+    """PASCAL3D+'s on-disk CAD frame (z up) to ours (y up): ``(x, y, z) → (x, z, −y)``.
+
+    The conversion NeMo applies to every CAD vertex (``pre_process_mesh_pascal``); a proper
+    rotation (det +1), so face winding is kept, and exact in floating point (a permutation and a
+    negation). ``verts (V, 3)`` → ``(V, 3)``, same dtype.
+    """
+    verts = torch.as_tensor(verts)
+    return torch.stack([verts[:, 0], verts[:, 2], -verts[:, 1]], dim=1)
+
+
+def y_up_to_z_up(verts: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``z_up_to_y_up``: ``(x, y, z) → (x, −z, y)``; ``(V, 3)`` → ``(V, 3)``."""
+    verts = torch.as_tensor(verts)
+    return torch.stack([verts[:, 0], -verts[:, 2], verts[:, 1]], dim=1)
+
+
 def write_off(path: str | os.PathLike, verts: torch.Tensor, faces: torch.Tensor) -> None:
     """Write a triangle mesh in the PASCAL3D+ CAD format (``OFF``, ``nV nF 0``, vertices, ``3 i j k``).
 
@@ -226,8 +245,12 @@ def write_off(path: str | os.PathLike, verts: torch.Tensor, faces: torch.Tensor)
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def read_off(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+def read_off(path: str | os.PathLike, z_up: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Read a PASCAL3D+ ``.off`` file.
+
+    ``z_up=True``: the file is in PASCAL3D+'s on-disk frame (z up), as every real PASCAL3D+ CAD
+    file and every ``CAD/`` folder the data generator writes are; the vertices are returned in
+    ours (y up) through ``z_up_to_y_up``. ``z_up=False`` returns them as stored.
 
     Accepts the header either on its own line (``OFF`` then ``nV nF nE``) or fused
     (``OFFnV nF nE``, as in some PASCAL3D+ files); ``#`` comments and blank lines are
@@ -240,6 +263,8 @@ def read_off(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is not a well-formed OFF file (the message says where).
     """
+    if not isinstance(z_up, bool):
+        raise TypeError(f"z_up must be a bool, got {type(z_up).__name__}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"OFF file not found: {path}")
@@ -291,7 +316,7 @@ def read_off(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
     v = torch.tensor(verts, dtype=torch.float32).reshape(-1, 3)
     if not torch.isfinite(v).all():
         raise ValueError(f"{path}: vertex coordinates contain NaN or inf")
-    return v, torch.tensor(faces, dtype=torch.int64).reshape(-1, 3)
+    return (z_up_to_y_up(v) if z_up else v), torch.tensor(faces, dtype=torch.int64).reshape(-1, 3)
 
 
 # --------------------------------------------------------------------------- templates

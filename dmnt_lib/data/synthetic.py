@@ -33,6 +33,10 @@ objects and poses; the CAD library, ``SceneConfig.cad_seed``, is shared, as PASC
 * training data, unoccluded as in the paper: ``python -m dmnt_lib data --out data/train --levels 0 --seed 0``;
 * test data at every occlusion level: ``python -m dmnt_lib data --out data/test --levels 0 1 2 3 --seed 1``.
 
+``CAD/<category>/NN.off`` is written in PASCAL3D+'s on-disk frame (z up, ``shapes.write_cad_library``)
+and ``meta.json`` says so (``cad_frame``) and marks the folder as ours (``format``), which is how
+``pascal3d.Pascal3D`` tells our stored-image cameras from NeMo's cropped ones.
+
 Output folders are claimed with a ``.dmnt-generating`` marker written before anything else and
 removed after ``meta.json``: ``overwrite`` only ever deletes a folder whose ``meta.json`` has
 ``format == FORMAT`` or that carries the marker (an interrupted run), never anything else.
@@ -55,7 +59,7 @@ import torch
 from ..camera import camera_center, pose_to_cameras, pose_to_RT, project_points
 from . import _checks
 from .occlusion import LEVEL_RANGES, OcclusionError, place_occluders, procedural_texture, random_color, random_shape_field
-from .pascal3d import atomic_write_bytes, write_list, write_sample
+from .pascal3d import DMNT_FORMAT, atomic_write_bytes, write_list, write_sample
 from .shapes import CATEGORIES, MATERIALS, NUM_CAD_MODELS, CADModel, cad_model, write_cad_library
 
 __all__ = [
@@ -63,7 +67,9 @@ __all__ = [
     "generate_dataset", "check_dataset_args", "dataset_meta", "sample_id", "FORMAT", "VERSION", "MARKER",
 ]
 
-FORMAT, VERSION = "dmnt-synthetic-pascal3d", 1
+# Version 2: CAD files in PASCAL3D+'s on-disk frame (z up; "cad_frame" in meta.json). Version 1
+# stored them y up; pascal3d.Pascal3D reads both.
+FORMAT, VERSION = DMNT_FORMAT, 2
 MARKER = ".dmnt-generating"  # present while a generation runs (or after one was interrupted)
 
 
@@ -334,6 +340,9 @@ def dataset_meta(per_category: int, levels, seed: int, categories, config: Scene
         "num_cad_models": {c: NUM_CAD_MODELS[c] for c in categories},
         "level_ranges": {f"L{k}": list(LEVEL_RANGES[k]) for k in levels if k},
         "config": config.to_json(),
+        # the convention marker pascal3d.detect_convention reads: principal and focal * viewport
+        # are the stored image's; CAD files are z up on disk, like PASCAL3D+'s
+        "convention": "dmnt", "cad_frame": "z_up",
         "units": {"angles": "radians", "focal_pixels": "focal * viewport", "principal": "pixels (x, y)",
                   "bbox": "pixels (x0, y0, x1, y1), pixel edges"},
     }
