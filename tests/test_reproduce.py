@@ -213,7 +213,11 @@ def _fake_commands(calls):
             opt("--out").mkdir(parents=True, exist_ok=True)
             (opt("--out") / "run.json").write_text("{}")
         elif argv[0] == "evaluate":
-            d = opt("--run") / "eval" / "x"
+            from dmnt_lib.evaluate import eval_name
+
+            levels = [int(x) for x in argv[argv.index("--levels") + 1:argv.index("--per-category")]]
+            d = opt("--run") / "eval" / eval_name(opt("--data"), levels, int(opt("--per-category").name),
+                                                  "--quick" in argv, center=str(opt("--center")))
             d.mkdir(parents=True, exist_ok=True)
             (d / "results.json").write_text("{}")
             (d / "predictions.jsonl").write_text("")

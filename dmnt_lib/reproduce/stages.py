@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from pathlib import Path
 
 from .pipeline import Stage, StageFailed
@@ -96,14 +95,6 @@ def _resume(run_dir: Path) -> list[str]:
     return ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
 
 
-def _newest_results(run_dir: Path, since: float) -> list[Path]:
-    found = [p for p in (run_dir / "eval").glob("*/results.json") if p.stat().st_mtime >= since - 1]
-    if not found:
-        raise StageFailed(f"evaluate wrote no results.json under {run_dir / 'eval'}")
-    newest = max(found, key=lambda p: p.stat().st_mtime)
-    return [newest, newest.parent / "predictions.jsonl"]
-
-
 def build_stages(out, config: dict, figures_dir=None, device: str = "cpu") -> list[Stage]:
     """The pipeline's stages for one preset ``config`` (see ``PRESETS``), writing under ``out``."""
     out = Path(out)
@@ -149,21 +140,23 @@ def build_stages(out, config: dict, figures_dir=None, device: str = "cpu") -> li
                         outputs=[base_dir / "run.json"], inputs=["data-train"], clear=[base_dir]))
 
     e = dict(config["evaluate"])
+    # The folder evaluate writes into (its own naming rule), so the figures read exactly this
+    # evaluation even when a run holds others.
+    from ..evaluate import eval_name
+
+    ev_name = eval_name(test_dir, e["levels"], e["per_category"], bool(e.get("quick")), center=e["center"])
     for name, run_dir, upstream in (("evaluate-dmnt", dmnt_dir, "train"), ("evaluate-baseline", base_dir, "baseline")):
         argv = ["evaluate", "--run", run_dir, "--data", test_dir, "--levels", *e["levels"],
                 "--per-category", e["per_category"], "--center", e["center"], *_flag("--quick", e.get("quick"))]
-
-        def run_eval(argv=argv, run_dir=run_dir):
-            t0 = time.time()
-            cli_call(argv)
-            return _newest_results(run_dir, t0)
-
-        stages.append(Stage(name, e, run_eval, inputs=["data-test", upstream], clear=[run_dir / "eval"]))
+        ev_dir = run_dir / "eval" / ev_name
+        stages.append(Stage(name, e, lambda argv=argv: cli_call(argv),
+                            outputs=[ev_dir / "results.json", ev_dir / "predictions.jsonl"],
+                            inputs=["data-test", upstream], clear=[run_dir / "eval"]))
 
     def run_figures():
         from ..figures.cli import make_figures
 
-        return make_figures(dmnt_dir, test_dir, figures_dir, base_dir, device=device)
+        return make_figures(dmnt_dir, test_dir, figures_dir, base_dir, eval_name=ev_name, device=device)
 
     stages.append(Stage("figures", {"out": str(figures_dir)}, run_figures,
                         inputs=["data-test", "evaluate-dmnt", "evaluate-baseline"]))
