@@ -11,7 +11,7 @@ import torch
 from dmnt_lib.camera import pose_to_cameras, pose_to_rotation, rotation_error
 from dmnt_lib.figures import paper
 from dmnt_lib.figures.records import (
-    FAILURE_KINDS, Record, decode_mask, encode_mask, failure_cases, failure_kinds, load_records, normalize,
+    Record, decode_mask, encode_mask, failure_cases, failure_kinds, load_records, normalize,
     pick_per_category, select_failures,
 )
 from dmnt_lib.render import render_mask

@@ -20,7 +20,6 @@ predictor is loaded and re-run on just the images the figures show.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path

@@ -23,7 +23,6 @@ the true distance and centre (a pose dict may carry ``distance``/``principal`` t
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
