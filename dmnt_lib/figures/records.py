@@ -156,14 +156,15 @@ def load_records(path: str | os.PathLike) -> list[Record]:
     if not path.is_file():
         raise FileNotFoundError(f"predictions not found: {path}")
     out: dict[tuple[str, int], Record] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    lines = path.read_text().splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             # A run killed mid-write leaves a truncated last line; anything else is corruption.
-            if n == len(path.read_text().splitlines()):
+            if n == len(lines):
                 continue
             raise ValueError(f"{path}:{n}: not JSON ({e})") from None
         rec = normalize(obj)
