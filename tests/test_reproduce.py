@@ -140,58 +140,6 @@ def test_every_stage_command_line_is_accepted(name, tmp_path, monkeypatch):
     assert checked >= 3  # data (x2) and deform exist already
 
 
-def _missing_stage_commands() -> list[str]:
-    from dmnt_lib.__main__ import build_parser
-
-    parser = build_parser()
-    registered = set(next(a for a in parser._actions if a.dest == "command").choices)
-    missing = [c for c in ("data", "deform", "train", "baseline", "evaluate") if c not in registered]
-    if "evaluate" in registered:  # evaluate needs each run kind's predictor module
-        import importlib.util
-
-        from dmnt_lib.evaluate import LAZY_PREDICTORS
-
-        def absent(module):
-            try:
-                return importlib.util.find_spec(module) is None
-            except ModuleNotFoundError:  # its parent package is missing too
-                return True
-
-        missing += [f"{m} (the {k!r} predictor)" for k, m in LAZY_PREDICTORS.items() if absent(m)]
-    return missing
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(bool(_missing_stage_commands()), reason=f"stage commands not in this checkout yet: "
-                    f"{', '.join(_missing_stage_commands())}")
-def test_reproduce_tiny_end_to_end(tmp_path, capsys):
-    from dmnt_lib.__main__ import main
-    from dmnt_lib.figures.cli import FIGURE_FILES
-
-    out, figs = tmp_path / "run", tmp_path / "figs"
-    assert main(["reproduce", "--preset", "tiny", "--out", str(out), "--figures", str(figs)]) == 0
-    log = capsys.readouterr().out
-    assert sum(line.startswith("[") and "running" in line for line in log.splitlines()) == 8
-    keys = {"n", "acc_pi6", "acc_pi18", "median_deg", "cls_acc", "miou", "acc_pi6_pred_cls", "n_undetected"}
-    for run in ("dmnt", "baseline"):
-        (res_path,) = (out / run / "eval").glob("*/results.json")
-        res = json.loads(res_path.read_text())
-        assert {"method", "config", "levels"} <= set(res) and sorted(res["levels"]) == ["0", "1", "2", "3"]
-        for level, row in res["levels"].items():
-            assert keys <= set(row), (run, level, keys - set(row))
-            assert row["n"] == 2  # tiny: 2 categories x 1 image per level
-    for f in FIGURE_FILES + ["training_loss.png"]:  # Fig. 3 from the trained model too
-        assert (figs / f).stat().st_size > 0, f
-    summary = json.loads((out / "summary.json").read_text())
-    assert [r["status"] for r in summary["stages"]] == ["ran"] * 8
-    # A second run on complete outputs does no work: every stage skipped, no file touched.
-    before = {p: p.stat().st_mtime_ns for p in list(out.rglob("*")) + list(figs.rglob("*")) if "summary" not in p.name}
-    assert main(["reproduce", "--preset", "tiny", "--out", str(out), "--figures", str(figs)]) == 0
-    assert [r["status"] for r in json.loads((out / "summary.json").read_text())["stages"]] == ["skipped"] * 8
-    after = {p: p.stat().st_mtime_ns for p in list(out.rglob("*")) + list(figs.rglob("*")) if "summary" not in p.name}
-    assert after == before
-
-
 def _fake_commands(calls):
     """Stand-ins for the stage commands that write what each real one leaves behind."""
 

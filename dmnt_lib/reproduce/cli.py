@@ -19,7 +19,13 @@ from ..fileio import atomic_write_text
 from .pipeline import ConfigChanged, Pipeline, StageFailed
 from .stages import PRESETS, build_stages, preset
 
-__all__ = ["add_parser", "run", "reproduce", "summary_markdown"]
+__all__ = ["add_parser", "run", "reproduce", "summary_markdown", "apply_overrides", "cached_run_dir"]
+
+
+def cached_run_dir(preset_name: str = "tiny") -> Path:
+    """``$DMNT_CACHE_DIR/reproduce_<preset>`` (default cache ``~/.cache/dmnt_lib``): the run the test
+    suite's end-to-end test leaves behind and notebook 07 reuses in quick mode."""
+    return Path(os.environ.get("DMNT_CACHE_DIR", Path.home() / ".cache" / "dmnt_lib")) / f"reproduce_{preset_name}"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
