@@ -351,3 +351,22 @@ def test_cuda_defaults_to_pytorch3d_and_refuses_embree(cuboid):
     assert (frag.pix_to_face.cpu() == ref.pix_to_face).double().mean() >= 0.999
     with pytest.raises(ValueError, match="backend='embree'"):
         rasterize(mesh, cams, 32, backend="embree")
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def test_bench_prints_the_raster_table(capsys):
+    from dmnt_lib.bench import main
+
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--only", "raster", "--raster-sizes", "8", "--raster-poses", "1", "3", "--raster-max-p3d-poses", "2",
+                     "--repeats", "1", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["cuboid"]]
+    assert [(r[1], r[2], r[9]) for r in rows] == [("8", "1", "1"), ("8", "3", "2/3")]
+    for r in rows:  # ratios are the quotients of the printed times
+        p3d_fwd, emb_fwd, x_fwd, p3d_fb, emb_fb, x_fb = map(float, r[3:9])
+        assert abs(x_fwd - p3d_fwd / emb_fwd) <= 0.051 * x_fwd + 0.06 and abs(x_fb - p3d_fb / emb_fb) <= 0.051 * x_fb + 0.06

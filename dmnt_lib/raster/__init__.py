@@ -22,7 +22,7 @@ import torch
 
 from ..camera import _image_hw
 from ..mesh import UVMesh
-from .bary import barycentrics, hit_barycentrics, pixel_centers_ndc, project_verts, scatter_hits
+from .bary import barycentrics, camera_transforms, hit_barycentrics, pixel_centers_ndc, project_verts, scatter_hits
 
 __all__ = ["Fragments", "BACKENDS", "rasterize", "rasterize_hits", "visibility", "scatter_hits", "resolve_backend", "barycentrics", "project_verts", "pixel_centers_ndc"]
 
@@ -78,11 +78,11 @@ def _check_inputs(mesh, cameras) -> tuple[torch.Tensor, int]:
     return verts.to(cameras.device), b
 
 
-def _pix_to_face(verts, faces, cameras, h, w, backend) -> torch.Tensor:
+def _pix_to_face(verts, faces, cameras, h, w, backend, transforms=None) -> torch.Tensor:
     if resolve_backend(backend, verts.device) == "embree":
         from .embree import embree_pix_to_face
 
-        return embree_pix_to_face(verts, faces, cameras, h, w)
+        return embree_pix_to_face(verts, faces, cameras, h, w, transforms)
     from .pytorch3d import pytorch3d_pix_to_face
 
     return pytorch3d_pix_to_face(verts, faces, cameras, h, w)
@@ -105,8 +105,9 @@ def rasterize_hits(mesh: UVMesh, cameras, image_size, backend: str = "auto"):
     verts, b = _check_inputs(mesh, cameras)
     h, w = _image_hw(image_size)
     faces = mesh.faces.to(verts.device)
-    pix_to_face = _pix_to_face(verts, faces, cameras, h, w, backend)
-    return (pix_to_face,) + hit_barycentrics(project_verts(verts.float(), cameras), faces, pix_to_face)
+    transforms = camera_transforms(cameras)
+    pix_to_face = _pix_to_face(verts, faces, cameras, h, w, backend, transforms)
+    return (pix_to_face,) + hit_barycentrics(project_verts(verts.float(), cameras, transforms), faces, pix_to_face)
 
 
 def rasterize(mesh: UVMesh, cameras, image_size, backend: str = "auto") -> Fragments:

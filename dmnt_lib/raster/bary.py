@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["K_EPSILON", "pixel_centers_ndc", "project_verts", "hit_barycentrics", "scatter_hits", "barycentrics"]
+__all__ = ["K_EPSILON", "pixel_centers_ndc", "camera_transforms", "project_verts", "hit_barycentrics", "scatter_hits", "barycentrics"]
 
 K_EPSILON = 1e-8  # PyTorch3D's rasterize_meshes kEpsilon
 
@@ -49,7 +49,19 @@ def pixel_centers_ndc(h: int, w: int, device=None, dtype=torch.float32) -> tuple
     return _pix_to_non_square_ndc(cols, w, h).to(device), _pix_to_non_square_ndc(rows, h, w).to(device)
 
 
-def project_verts(verts: torch.Tensor, cameras) -> torch.Tensor:
+def camera_transforms(cameras):
+    """``(world→view, view→NDC)`` ``Transform3d``s of PyTorch3D cameras, as ``MeshRasterizer``
+    composes them (the projection composed with the screen→NDC map). Computed once per
+    ``rasterize`` call and shared by ray generation and ``project_verts``."""
+    from pytorch3d.renderer.cameras import try_get_projection_transform
+
+    proj = try_get_projection_transform(cameras, {})
+    if proj is None:
+        raise ValueError(f"cameras must have a projection matrix, got {type(cameras).__name__}")
+    return cameras.get_world_to_view_transform(), proj.compose(cameras.get_ndc_camera_transform())
+
+
+def project_verts(verts: torch.Tensor, cameras, transforms=None) -> torch.Tensor:
     """Vertices in PyTorch3D's rasterizer space, exactly as ``MeshRasterizer.transform`` makes them.
 
     The same ``transform_points`` calls, bit for bit: the barycentrics of small faces are
@@ -60,19 +72,16 @@ def project_verts(verts: torch.Tensor, cameras) -> torch.Tensor:
         verts: ``(V, 3)`` (the same for every camera) or ``(B, V, 3)`` world (object-frame)
             positions.
         cameras: PyTorch3D cameras with a projection matrix, batch ``B``.
+        transforms: optional ``camera_transforms(cameras)``, if already computed.
 
     Returns:
         ``(B, V, 3)``: NDC ``x, y`` and view-space ``z``; differentiable in ``verts`` and in the
         camera parameters.
     """
-    from pytorch3d.renderer.cameras import try_get_projection_transform
-
-    proj = try_get_projection_transform(cameras, {})
-    if proj is None:
-        raise ValueError(f"cameras must have a projection matrix, got {type(cameras).__name__}")
+    world_to_view, view_to_ndc = transforms if transforms is not None else camera_transforms(cameras)
     # (V, 3) points broadcast over the camera batch inside transform_points (same bmm).
-    verts_view = cameras.get_world_to_view_transform().transform_points(verts)
-    xy = proj.compose(cameras.get_ndc_camera_transform()).transform_points(verts_view)[..., :2]
+    verts_view = world_to_view.transform_points(verts)
+    xy = view_to_ndc.transform_points(verts_view)[..., :2]
     return torch.cat([xy, verts_view[..., 2:]], dim=-1)
 
 

@@ -27,7 +27,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from .bary import pixel_centers_ndc
+from .bary import camera_transforms, pixel_centers_ndc
 
 __all__ = ["CACHE_SIZE", "embree_pix_to_face", "camera_rays", "clear_cache"]
 
@@ -62,18 +62,14 @@ def _scene(verts: np.ndarray, faces: np.ndarray):
     return scene
 
 
-def _camera_matrices(cameras) -> tuple[np.ndarray, np.ndarray]:
+def _camera_matrices(cameras, transforms=None) -> tuple[np.ndarray, np.ndarray]:
     """World→view ``M (B, 4, 4)`` and view→NDC ``P (B, 4, 4)`` (row-vector convention), float64."""
-    from pytorch3d.renderer.cameras import try_get_projection_transform
-
-    with torch.no_grad():
-        m = cameras.get_world_to_view_transform().get_matrix()
-        proj = try_get_projection_transform(cameras, {})
-        if proj is None:
-            raise ValueError(f"cameras: the embree backend needs cameras with a projection matrix, got {type(cameras).__name__}")
-        p = proj.compose(cameras.get_ndc_camera_transform()).get_matrix()
+    world_to_view, view_to_ndc = transforms if transforms is not None else camera_transforms(cameras)
     b = len(cameras)
-    return m.double().cpu().numpy().reshape(-1, 4, 4).repeat(b // len(m), 0), p.double().cpu().numpy().reshape(-1, 4, 4).repeat(b // len(p), 0)
+    with torch.no_grad():
+        m = world_to_view.get_matrix().double().cpu().numpy().reshape(-1, 4, 4)
+        p = view_to_ndc.get_matrix().double().cpu().numpy().reshape(-1, 4, 4)
+    return np.broadcast_to(m, (b, 4, 4)), np.broadcast_to(p, (b, 4, 4))
 
 
 def _ndc_to_view_dirs(p: np.ndarray, xn: np.ndarray, yn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,18 +89,19 @@ def _ndc_to_view_dirs(p: np.ndarray, xn: np.ndarray, yn: np.ndarray) -> tuple[np
     return (r1 * a22 - r2 * a12) / det, (a11 * r2 - a21 * r1) / det
 
 
-def camera_rays(cameras, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+def camera_rays(cameras, h: int, w: int, transforms=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Rays through PyTorch3D's pixel centres, in the world frame.
 
     Args:
         cameras: PyTorch3D perspective cameras, batch ``B``.
         h, w: image size.
+        transforms: optional ``bary.camera_transforms(cameras)``, if already computed.
 
     Returns:
         ``origins (B, 3)`` (camera centres) and ``directions (B, H, W, 3)``, float32; a direction
         has view-space ``z = 1``, so the hit distance along it is the view-space depth.
     """
-    m, p = _camera_matrices(cameras)
+    m, p = _camera_matrices(cameras, transforms)
     b = len(m)
     xs, ys = pixel_centers_ndc(h, w, dtype=torch.float32)
     minv = np.linalg.inv(m)  # view→world
@@ -129,7 +126,7 @@ def camera_rays(cameras, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(origins).float(), dirs
 
 
-def embree_pix_to_face(verts: torch.Tensor, faces: torch.Tensor, cameras, h: int, w: int) -> torch.Tensor:
+def embree_pix_to_face(verts: torch.Tensor, faces: torch.Tensor, cameras, h: int, w: int, transforms=None) -> torch.Tensor:
     """Nearest face hit through each pixel centre.
 
     Args:
@@ -137,12 +134,13 @@ def embree_pix_to_face(verts: torch.Tensor, faces: torch.Tensor, cameras, h: int
         faces: ``(F, 3)`` int64, CPU.
         cameras: PyTorch3D perspective cameras on the CPU, batch ``B``.
         h, w: image size.
+        transforms: optional ``bary.camera_transforms(cameras)``, if already computed.
 
     Returns:
         ``pix_to_face (B, H, W)`` int64, face index within the mesh, -1 where no face is hit.
     """
     b = len(cameras)
-    origins, dirs = camera_rays(cameras, h, w)
+    origins, dirs = camera_rays(cameras, h, w, transforms)
     faces_np = np.ascontiguousarray(faces.detach().numpy().astype(np.int32))
     v = verts.detach().float().numpy()
     if v.ndim == 2:
