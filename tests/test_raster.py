@@ -370,3 +370,21 @@ def test_bench_prints_the_raster_table(capsys):
     for r in rows:  # ratios are the quotients of the printed times
         p3d_fwd, emb_fwd, x_fwd, p3d_fb, emb_fb, x_fb = map(float, r[3:9])
         assert abs(x_fwd - p3d_fwd / emb_fwd) <= 0.051 * x_fwd + 0.06 and abs(x_fb - p3d_fb / emb_fb) <= 0.051 * x_fb + 0.06
+
+
+def test_dense_barycentric_path_equals_the_sparse_one(cuboid):
+    """The dense form (the CUDA default, no host sync) gives the same maps and gradients."""
+    from dmnt_lib.raster import hit_barycentrics, scatter_hits
+
+    cams = pose_to_cameras(*_poses(3, seed=17), (20, 28), focal=40.0)
+    p2f = rasterize(cuboid, cams, (20, 28)).pix_to_face
+    out = {}
+    for dense in (False, True):
+        verts = cuboid.verts.clone().requires_grad_()
+        flat, face, bary, zbuf = hit_barycentrics(project_verts(verts, cams), cuboid.faces, p2f, dense=dense)
+        assert len(flat) == (p2f.numel() if dense else int((p2f >= 0).sum()))
+        maps = scatter_hits(bary, flat, p2f, 0.0), scatter_hits(zbuf, flat, p2f, -1.0)
+        (maps[0].square().sum() + maps[1].sum()).backward()
+        out[dense] = maps + (verts.grad,)
+    for a, b in zip(out[False], out[True]):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)

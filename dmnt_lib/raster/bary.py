@@ -90,21 +90,23 @@ def _edge(px, py, ax, ay, bx, by):
     return (px - ax) * (by - ay) - (py - ay) * (bx - ax)
 
 
-def hit_barycentrics(verts_ndc: torch.Tensor, faces: torch.Tensor, pix_to_face: torch.Tensor):
+def hit_barycentrics(verts_ndc: torch.Tensor, faces: torch.Tensor, pix_to_face: torch.Tensor, dense: bool | None = None):
     """The barycentric step on the covered pixels only (memory and time ∝ hits).
 
-    Args: as ``barycentrics``.
+    Args: as ``barycentrics``; ``dense``: compute every pixel (default: on CUDA only).
 
     Returns:
         ``flat_pix (N,)`` indices into the flattened ``(B*H*W)`` image, ``face (N,)``,
-        ``bary (N, 3)``, ``zbuf (N,)``. On CUDA every pixel is returned (``N = B*H*W``, faces
-        clamped to 0 off the mesh), which avoids the host sync of ``nonzero``; callers mask
-        with ``pix_to_face >= 0``.
+        ``bary (N, 3)``, ``zbuf (N,)``. Dense (the default on CUDA), every pixel is returned
+        (``N = B*H*W``, faces clamped to 0 off the mesh), which avoids the host sync of
+        ``nonzero``; ``scatter_hits`` masks them with ``pix_to_face >= 0``.
     """
     b, h, w = pix_to_face.shape
     v = verts_ndc.shape[1]
     dtype, device = verts_ndc.dtype, verts_ndc.device
-    if device.type == "cuda":
+    if dense is None:
+        dense = device.type == "cuda"
+    if dense:
         flat_pix = torch.arange(b * h * w, device=device)
         face = pix_to_face.reshape(-1).clamp(min=0)
     else:
@@ -134,7 +136,7 @@ def hit_barycentrics(verts_ndc: torch.Tensor, faces: torch.Tensor, pix_to_face: 
 def scatter_hits(values: torch.Tensor, flat_pix: torch.Tensor, pix_to_face: torch.Tensor, fill: float) -> torch.Tensor:
     """Per-hit ``values (N, ...)`` from ``hit_barycentrics`` → a ``(B, H, W, ...)`` map, ``fill`` off the mesh."""
     shape = tuple(pix_to_face.shape) + tuple(values.shape[1:])
-    if values.device.type == "cuda":  # dense: every pixel was computed
+    if values.shape[0] == pix_to_face.numel():  # every pixel was computed (dense, or all covered)
         on = (pix_to_face >= 0).reshape((-1,) + (1,) * (values.dim() - 1))
         return torch.where(on, values, torch.full_like(values, fill)).reshape(shape)
     out = torch.full((pix_to_face.numel(),) + tuple(values.shape[1:]), fill, dtype=values.dtype, device=values.device)
