@@ -388,3 +388,29 @@ def test_dense_barycentric_path_equals_the_sparse_one(cuboid):
         out[dense] = maps + (verts.grad,)
     for a, b in zip(out[False], out[True]):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_gradients_to_focal_and_principal_point_equal_pytorch3d_native(cuboid):
+    size = (26, 30)
+    pose = _poses(3, seed=18)
+    g = torch.Generator().manual_seed(19)
+    texture = torch.rand(1, 3, 16, 16, generator=g)
+    weight = torch.randn(3, 3, *size, generator=g)
+    grads = {}
+    for backend in ("embree", "native"):
+        focal = torch.tensor([50.0, 55.0, 60.0], requires_grad=True)
+        principal = torch.tensor([[16.0, 12.5], [14.2, 13.9], [15.0, 12.0]], requires_grad=True)
+        cams = pose_to_cameras(*pose, size, focal=focal, principal=principal)
+        if backend == "native":
+            p2f, bary, _ = _native(cuboid.verts, cuboid.faces, cams, size)
+            mask = p2f >= 0
+            corner = cuboid.verts_uvs[cuboid.faces_uvs][p2f.clamp(min=0)]
+            uv = torch.where(mask[..., None], (torch.where(mask[..., None], bary, 0)[..., :, None] * corner).sum(-2).clamp(0, 1), 0)
+        else:
+            frag = uv_fragment(cuboid, cams, size, backend=backend)
+            uv, mask = frag.uv, frag.mask
+        (sample_texture(texture, uv, mask) * weight).sum().backward()
+        grads[backend] = (focal.grad, principal.grad)
+    for a, b in zip(grads["embree"], grads["native"]):
+        assert b.abs().max() > 0
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max()
