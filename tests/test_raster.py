@@ -164,6 +164,17 @@ def test_near_and_far_cameras(cuboid):
     assert_backends_agree(cuboid, far, 32)
 
 
+def test_other_pytorch3d_perspective_cameras_agree(cuboid):
+    """Rays come from the cameras' own matrices, so NDC-space FoV cameras work as well."""
+    from pytorch3d.renderer import FoVPerspectiveCameras
+
+    from dmnt_lib.camera import pose_to_RT
+
+    R, T = pose_to_RT(*_poses(3, seed=20))
+    emb, _ = assert_backends_agree(cuboid, FoVPerspectiveCameras(R=R, T=T, fov=35.0), (40, 52))
+    assert emb.mask.any(dim=(1, 2)).all()
+
+
 @pytest.mark.slow
 def test_batch_of_432_poses_equals_one_by_one():
     cuboid = cuboid_template([1.0, 0.7, 1.8], num_verts=150)  # PyTorch3D's CPU cost grows with F
