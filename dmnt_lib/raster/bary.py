@@ -49,24 +49,36 @@ def pixel_centers_ndc(h: int, w: int, device=None, dtype=torch.float32) -> tuple
     return _pix_to_non_square_ndc(cols, w, h).to(device), _pix_to_non_square_ndc(rows, h, w).to(device)
 
 
-def camera_transforms(cameras):
-    """``(world→view, view→NDC)`` ``Transform3d``s of PyTorch3D cameras, as ``MeshRasterizer``
-    composes them (the projection composed with the screen→NDC map). Computed once per
-    ``rasterize`` call and shared by ray generation and ``project_verts``."""
+def camera_transforms(cameras) -> tuple[torch.Tensor, torch.Tensor]:
+    """World→view and view→NDC matrices ``(1 or B, 4, 4)`` (row-vector convention) of PyTorch3D
+    cameras, as ``MeshRasterizer.transform`` composes them (the projection composed with the
+    screen→NDC map), differentiable in the camera parameters. Computed once per ``rasterize``
+    call and shared by ray generation and ``project_verts`` (PyTorch3D recomposes its
+    ``Transform3d`` chains on every use)."""
     from pytorch3d.renderer.cameras import try_get_projection_transform
 
     proj = try_get_projection_transform(cameras, {})
     if proj is None:
         raise ValueError(f"cameras must have a projection matrix, got {type(cameras).__name__}")
-    return cameras.get_world_to_view_transform(), proj.compose(cameras.get_ndc_camera_transform())
+    return cameras.get_world_to_view_transform().get_matrix(), proj.compose(cameras.get_ndc_camera_transform()).get_matrix()
+
+
+def _transform_points(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``Transform3d.transform_points`` with a given matrix, op for op (homogeneous bmm, divide)."""
+    pts = points[None] if points.dim() == 2 else points
+    pts = torch.cat([pts, torch.ones(*pts.shape[:2], 1, dtype=pts.dtype, device=pts.device)], dim=2)
+    if len(pts) != len(matrix):
+        pts, matrix = (pts.expand(len(matrix), -1, -1), matrix) if len(pts) == 1 else (pts, matrix.expand(len(pts), -1, -1))
+    out = pts.bmm(matrix)
+    return out[..., :3] / out[..., 3:]
 
 
 def project_verts(verts: torch.Tensor, cameras, transforms=None) -> torch.Tensor:
     """Vertices in PyTorch3D's rasterizer space, exactly as ``MeshRasterizer.transform`` makes them.
 
-    The same ``transform_points`` calls, bit for bit: the barycentrics of small faces are
-    ill-conditioned (edge functions of nearby points), and merely composing the two matrices or
-    reordering a sum moves them by up to 1e-4.
+    The same operations as its two ``transform_points`` calls, bit for bit: the barycentrics of
+    small faces are ill-conditioned (edge functions of nearby points), and merely composing the
+    two matrices or reordering a sum moves them by up to 1e-4.
 
     Args:
         verts: ``(V, 3)`` (the same for every camera) or ``(B, V, 3)`` world (object-frame)
@@ -79,9 +91,8 @@ def project_verts(verts: torch.Tensor, cameras, transforms=None) -> torch.Tensor
         camera parameters.
     """
     world_to_view, view_to_ndc = transforms if transforms is not None else camera_transforms(cameras)
-    # (V, 3) points broadcast over the camera batch inside transform_points (same bmm).
-    verts_view = world_to_view.transform_points(verts)
-    xy = view_to_ndc.transform_points(verts_view)[..., :2]
+    verts_view = _transform_points(verts, world_to_view)
+    xy = _transform_points(verts_view, view_to_ndc)[..., :2]
     return torch.cat([xy, verts_view[..., 2:]], dim=-1)
 
 

@@ -66,9 +66,8 @@ def _camera_matrices(cameras, transforms=None) -> tuple[np.ndarray, np.ndarray]:
     """World→view ``M (B, 4, 4)`` and view→NDC ``P (B, 4, 4)`` (row-vector convention), float64."""
     world_to_view, view_to_ndc = transforms if transforms is not None else camera_transforms(cameras)
     b = len(cameras)
-    with torch.no_grad():
-        m = world_to_view.get_matrix().double().cpu().numpy().reshape(-1, 4, 4)
-        p = view_to_ndc.get_matrix().double().cpu().numpy().reshape(-1, 4, 4)
+    m = world_to_view.detach().double().cpu().numpy().reshape(-1, 4, 4)
+    p = view_to_ndc.detach().double().cpu().numpy().reshape(-1, 4, 4)
     return np.broadcast_to(m, (b, 4, 4)), np.broadcast_to(p, (b, 4, 4))
 
 
