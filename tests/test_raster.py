@@ -322,6 +322,15 @@ def test_mesh_outside_the_view_or_behind_the_camera_gives_an_empty_mask(cuboid):
             assert not frag.mask.any() and (frag.pix_to_face == -1).all() and (frag.uv == 0).all()
 
 
+def test_mesh_without_faces_covers_nothing():
+    faces = torch.zeros(0, 3, dtype=torch.int64)
+    mesh = UVMesh(torch.rand(3, 3), faces, torch.zeros(1, 2), faces)
+    cams = pose_to_cameras(*_poses(2, seed=21), 16, focal=30.0)
+    for backend in ("embree", "pytorch3d"):
+        frag = uv_fragment(mesh, cams, 16, backend=backend)
+        assert frag.pix_to_face.shape == (2, 16, 16) and not frag.mask.any() and (frag.chart == -1).all()
+
+
 def test_bad_inputs(cuboid):
     cams = pose_to_cameras(*_poses(2, seed=15), 16, focal=30.0)
     with pytest.raises(TypeError, match="mesh"):

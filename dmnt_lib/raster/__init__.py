@@ -79,7 +79,10 @@ def _check_inputs(mesh, cameras) -> tuple[torch.Tensor, int]:
 
 
 def _pix_to_face(verts, faces, cameras, h, w, backend, transforms=None) -> torch.Tensor:
-    if resolve_backend(backend, verts.device) == "embree":
+    name = resolve_backend(backend, verts.device)
+    if faces.shape[0] == 0:  # a mesh without faces covers nothing (neither library accepts it)
+        return torch.full((len(cameras), h, w), -1, dtype=torch.int64, device=verts.device)
+    if name == "embree":
         from .embree import embree_pix_to_face
 
         return embree_pix_to_face(verts, faces, cameras, h, w, transforms)

@@ -139,6 +139,8 @@ def embree_pix_to_face(verts: torch.Tensor, faces: torch.Tensor, cameras, h: int
         ``pix_to_face (B, H, W)`` int64, face index within the mesh, -1 where no face is hit.
     """
     b = len(cameras)
+    if faces.shape[0] == 0:  # nothing to hit (Embree needs at least one triangle)
+        return torch.full((b, h, w), -1, dtype=torch.int64)
     origins, dirs = camera_rays(cameras, h, w, transforms)
     faces_np = np.ascontiguousarray(faces.detach().numpy().astype(np.int32))
     v = verts.detach().float().numpy()
