@@ -58,6 +58,8 @@ class UVMesh:
 
     def __post_init__(self) -> None:
         if isinstance(self.verts, torch.Tensor) and self.verts.dim() == 3:
+            if len(self.verts) == 0:
+                raise ValueError("verts must have shape (V, 3) or (B, V, 3) with B >= 1, got B = 0")
             _check_array("verts", self.verts[0], last_dim=3, floating=True)
         else:
             _check_array("verts", self.verts, last_dim=3, floating=True)
