@@ -146,3 +146,19 @@ def test_bad_inputs(scene):
         sample_texture(torch.rand(3, 3, 8, 8), frag.uv)
     with pytest.raises(ValueError, match="mask must have shape"):
         sample_texture(torch.rand(1, 3, 8, 8), frag.uv, frag.mask[:, :-1])
+
+
+@pytest.mark.parametrize("backend", ["embree", "pytorch3d"])
+def test_backend_argument_reaches_every_render_function(scene, backend):
+    mesh, cams, frag = scene  # frag: the default backend (Embree on CPU)
+    other = uv_fragment(mesh, cams, SIZE, backend=backend)
+    assert torch.equal(other.mask, frag.mask) and torch.equal(other.pix_to_face, frag.pix_to_face)
+    assert torch.allclose(other.uv, frag.uv, atol=1e-5) and torch.equal(other.chart, frag.chart)
+    assert torch.equal(render_mask(mesh, cams, SIZE, backend=backend), frag.mask)
+    texture = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    feats, mask = render_texture(mesh, texture, cams, SIZE, backend=backend)
+    assert torch.equal(mask, frag.mask) and torch.allclose(feats, sample_texture(texture, frag.uv, frag.mask), atol=1e-5)
+    frags = rasterize(mesh, cams, SIZE, backend=backend)
+    assert torch.equal(frags.pix_to_face, frag.pix_to_face) and torch.allclose(frags.bary, frag.bary, atol=1e-6)
+    with pytest.raises(ValueError, match="backend"):
+        render_mask(mesh, cams, SIZE, backend="nvdiffrast")
