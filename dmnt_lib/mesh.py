@@ -9,7 +9,7 @@ A DMNT mesh carries two index buffers, as in PyTorch3D's ``TexturesUV``:
   vertices, one per chart. The seams are therefore explicit: an edge is a seam
   exactly when its two faces reference different UV vertices for its endpoints.
 
-UV convention (DESIGN.md §3): ``uv ∈ [0, 1]²``, ``u`` → texture column, ``v`` →
+UV convention (docs/design.md §3): ``uv ∈ [0, 1]²``, ``u`` → texture column, ``v`` →
 texture row, ``v = 0`` is row 0.
 
 Nothing here imports PyTorch3D at module load; ``UVMesh.to_meshes`` does so lazily.
@@ -35,7 +35,6 @@ __all__ = [
     "y_up_to_z_up",
     "cuboid_template",
     "uv_sphere",
-    "atomic_write_text",
 ]
 
 

@@ -86,7 +86,7 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor, mask: torch.Tensor |
         texture: ``(B, C, S_h, S_w)`` (or ``(1, C, S_h, S_w)``, broadcast over the batch).
         uv: ``(B, H, W, 2)`` with ``u`` → column, ``v`` → row.
         mask: optional ``(B, H, W)`` bool.
-        padding_mode: ``grid_sample``'s; ``"zeros"`` (DESIGN §3) or ``"border"``.
+        padding_mode: ``grid_sample``'s; ``"zeros"`` (docs/design.md §3) or ``"border"``.
 
     Returns:
         ``(B, C, H, W)`` sampled features, differentiable in ``texture`` and ``uv``.

@@ -25,7 +25,7 @@ def scene():
 def _pytorch3d_textured(mesh, cams, texture):
     """PyTorch3D's own TexturesUV sampling of the same texture, set to our conventions:
     its v axis points up (it flips the map), so we hand it the flipped map; zeros padding and
-    align_corners=False as in DESIGN §3."""
+    align_corners=False as in docs/design.md §3."""
     from pytorch3d.renderer import MeshRasterizer, RasterizationSettings, TexturesUV
 
     b = len(cams)

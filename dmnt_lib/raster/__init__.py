@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..camera import _image_hw
+from ..sizes import size_hw
 from ..mesh import UVMesh
 from .bary import barycentrics, camera_transforms, hit_barycentrics, pixel_centers_ndc, project_verts, scatter_hits
 
@@ -95,7 +95,7 @@ def visibility(mesh: UVMesh, cameras, image_size, backend: str = "auto") -> torc
     """Only ``rasterize``'s ``pix_to_face (B, H, W)`` (int64, -1 off): for masks and face-id maps,
     without the barycentric step. Same arguments and checks as ``rasterize``."""
     verts, _ = _check_inputs(mesh, cameras)
-    h, w = _image_hw(image_size)
+    h, w = size_hw(image_size, "image_size")
     return _pix_to_face(verts, mesh.faces.to(verts.device), cameras, h, w, backend)
 
 
@@ -106,7 +106,7 @@ def rasterize_hits(mesh: UVMesh, cameras, image_size, backend: str = "auto"):
         ``pix_to_face (B, H, W)`` and ``hit_barycentrics``' ``(flat_pix, face, bary, zbuf)``.
     """
     verts, b = _check_inputs(mesh, cameras)
-    h, w = _image_hw(image_size)
+    h, w = size_hw(image_size, "image_size")
     faces = mesh.faces.to(verts.device)
     transforms = camera_transforms(cameras)
     pix_to_face = _pix_to_face(verts, faces, cameras, h, w, backend, transforms)
