@@ -42,15 +42,22 @@ def _pytorch3d_textured(mesh, cams, texture):
     return meshes.textures.sample_textures(frags)[..., 0, :].permute(0, 3, 1, 2)
 
 
-def test_uv_in_unit_square_on_mask_and_zero_off_it(scene):
-    _, _, frag = scene
+def test_uv_is_the_hit_face_uv_triangle_interpolated_and_zero_off_the_mask(scene):
+    mesh, _, frag = scene
     assert frag.uv.shape == (4, SIZE, SIZE, 2) and frag.mask.shape == (4, SIZE, SIZE)
     assert frag.mask.any(dim=(1, 2)).all()
-    on = frag.uv[frag.mask]
-    assert (on >= 0).all() and (on <= 1).all()
+    face = frag.pix_to_face[frag.mask]
+    assert (frag.pix_to_face[~frag.mask] == -1).all() and (face >= 0).all()
+    bary = frag.bary[frag.mask]
+    # Each on-mask pixel lies inside its face (barycentrics in [0, 1], summing to 1) ...
+    assert torch.allclose(bary.sum(-1), torch.ones(()), atol=1e-5) and (bary > -1e-5).all()
+    # ... and its uv is that face's UV triangle interpolated: a point of the face's own UV triangle.
+    corners = mesh.verts_uvs[mesh.faces_uvs[face]]  # (N, 3, 2)
+    assert torch.allclose(frag.uv[frag.mask], (bary[..., None] * corners).sum(1).clamp(0, 1), atol=1e-6)
     assert (frag.uv[~frag.mask] == 0).all()
-    assert (frag.pix_to_face[~frag.mask] == -1).all() and (frag.pix_to_face[frag.mask] >= 0).all()
-    assert torch.allclose(frag.bary[frag.mask].sum(-1), torch.ones(()), atol=1e-5)
+    # The per-pixel chart is the hit face's chart.
+    assert torch.equal(frag.chart[frag.mask], mesh.face_charts()[face])
+    assert (frag.chart[~frag.mask] == -1).all()
 
 
 def test_sampling_through_uv_fragment_equals_pytorch3d_texturesuv(scene):
