@@ -354,6 +354,12 @@ def build_results_plot(results: dict):
             ys = [res["levels"][str(k)][key] * (1 if key == "median_deg" else 100) for k in xs]
             ax.plot(xs, ys, marker="o", label=name)
         ax.set_title(title + ("" if higher else " ↓"), fontsize=9)
+        if key == "median_deg":
+            ax.set_ylabel("degrees", fontsize=8)
+            ax.set_ylim(bottom=0)
+        else:
+            ax.set_ylabel("%", fontsize=8)
+            ax.set_ylim(-3, 103)
         ax.set_xticks([int(k) for k in levels], [f"L{k}" for k in levels])
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
