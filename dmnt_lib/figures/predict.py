@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["predict_records"]
 
 
@@ -55,6 +57,4 @@ def predict_records(records, run_dir, images, device: str = "cpu", batch_size: i
                 az, el, th = (float(a) for a in pred["pose_gt_category"])
                 r.pose = {"azimuth": az, "elevation": el, "theta": th}
             if r.amodal_mask is None and pred.get("amodal_mask") is not None:
-                import numpy as np
-
                 r.amodal_mask = np.asarray(pred["amodal_mask"], dtype=bool)
