@@ -7,6 +7,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+from dmnt_lib.data.pascal3d import DMNT_FORMAT
 import torch
 
 from dmnt_lib.camera import pose_to_cameras
@@ -599,9 +601,9 @@ def _same_models(a, b):
         torch.equal(x.verts, y.verts) and torch.equal(x.faces, y.faces) for x, y in zip(a, b))
 
 
-def _write_library(root, models, z_up=False):
-    """``root/CAD/<category>/NN.off``, y up as in memory or in PASCAL3D+'s z-up frame, where
-    ``(x, y, z)_ours = (x, z, -y)_file``."""
+def _write_library(root, models, z_up=True):
+    """``root/CAD/<category>/NN.off`` in PASCAL3D+'s z-up frame (``(x, y, z)_ours = (x, z, -y)_file``),
+    as the data generator and PASCAL3D+ store them, or y up as in memory (``z_up=False``)."""
     for m in models:
         v = torch.stack([m.verts[:, 0], -m.verts[:, 2], m.verts[:, 1]], 1) if z_up else m.verts
         write_off(Path(root) / "CAD" / m.category / f"{m.index:02d}.off", v, m.faces)
@@ -610,18 +612,21 @@ def _write_library(root, models, z_up=False):
 
 def test_load_cad_models_reads_the_projects_models_in_either_frame(tmp_path):
     """Written .off files come back as dmnt_lib.data.CADModel with the generator's exact
-    geometry: stored y up, and stored z up when meta.json says ``cad_frame: z_up`` (PASCAL3D+'s
-    on-disk frame) or when asked with ``z_up=True``."""
+    geometry: stored z up (PASCAL3D+'s on-disk frame: a folder without our meta.json, or ours saying
+    ``cad_frame: z_up``), or y up when our meta.json says ``cad_frame: y_up`` or when asked with ``z_up=False``."""
     cars = cad_models("car")
-    loaded = load_cad_models(_write_library(tmp_path / "y", cars), "car")
+    loaded = load_cad_models(_write_library(tmp_path / "z", cars), "car")
     assert all(isinstance(m, CADModel) for m in loaded) and _same_models(loaded, cars)
     assert all(m.part_names == ("mesh",) and not m.face_material.any() and not m.face_part.any() for m in loaded)
-    _write_library(tmp_path / "z", cars, z_up=True)
-    assert not _same_models(load_cad_models(tmp_path / "z", "car"), cars)
-    assert _same_models(load_cad_models(tmp_path / "z", "car", z_up=True), cars)
-    (tmp_path / "z" / "meta.json").write_text('{"format": "dmnt", "cad_frame": "z_up"}')
+    _write_library(tmp_path / "y", cars, z_up=False)
+    assert not _same_models(load_cad_models(tmp_path / "y", "car"), cars)
+    assert _same_models(load_cad_models(tmp_path / "y", "car", z_up=False), cars)
+    fmt = DMNT_FORMAT
+    (tmp_path / "y" / "meta.json").write_text(f'{{"format": "{fmt}", "version": 2, "cad_frame": "y_up"}}')
+    assert _same_models(load_cad_models(tmp_path / "y", "car"), cars)
+    (tmp_path / "z" / "meta.json").write_text(f'{{"format": "{fmt}", "version": 2, "cad_frame": "z_up"}}')
     assert _same_models(load_cad_models(tmp_path / "z", "car"), cars)
-    (tmp_path / "z" / "meta.json").write_text('{"cad_frame": "x_up"}')
+    (tmp_path / "z" / "meta.json").write_text(f'{{"format": "{fmt}", "version": 2, "cad_frame": "x_up"}}')
     with pytest.raises(ValueError, match="cad_frame"):
         load_cad_models(tmp_path / "z", "car")
     with pytest.raises(TypeError, match="z_up"):
