@@ -290,8 +290,8 @@ def test_two_process_gloo_training_keeps_ranks_identical(data4, tmp_path):
         "open(os.path.join(sys.argv[2], 'rank' + os.environ['RANK'] + '.txt'), 'w').write(h)\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
-                           str(script), str(data4), str(run)], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(data4), str(run)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((run / "run.json").read_text())
     assert meta["epochs_done"] == 1 and meta["n_images"] == 4
