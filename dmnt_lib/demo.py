@@ -124,7 +124,7 @@ def _stage_data(ctx: DemoContext) -> list[Path]:
 
 def _stage_deformation(ctx: DemoContext) -> list[Path]:
     from .data.cache import ensure_dataset
-    from .deform_cli import demo as deform_demo
+    from .deform.cli import demo as deform_demo
 
     # The CAD models of the demo dataset (the data stage made it; this call only reuses it).
     data_dir = ensure_dataset(ctx.cache_dir / "synthetic_demo", 1 if ctx.quick else 2, progress=False)

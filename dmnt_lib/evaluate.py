@@ -377,6 +377,11 @@ def _check_options(levels, per_category, device):
         raise ValueError(f"per_category must be a positive int or None, got {per_category!r}")
     if not isinstance(device, str):
         raise TypeError(f"device must be a str such as 'cpu' or 'cuda', got {type(device).__name__}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA GPU is available here; use 'cpu'")
     return [int(k) for k in levels], None if per_category is None else int(per_category)
 
 

@@ -256,6 +256,11 @@ def train(data, out, config: BaselineConfig | None = None, device: str = "cpu", 
     dataset = DetectionData(data, categories, per_category, config)
     meta = {"data": str(Path(data).resolve()), "categories": list(dataset.data.categories), "per_category": per_category,
             "n_images": len(dataset)}
+    if state is not None and (out / "run.json").is_file():  # resuming on other images would not be a resume
+        saved_meta = json.loads((out / "run.json").read_text())
+        diff = {k: (saved_meta.get(k), v) for k, v in meta.items() if saved_meta.get(k) != v}
+        if diff:
+            raise ValueError(f"{out}: the run was trained on other data (saved, given): {diff}")
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     model = build_model(config).to(dev)
