@@ -55,6 +55,7 @@ import argparse
 import csv
 import importlib
 import io
+import hashlib
 import json
 import math
 import os
@@ -364,6 +365,28 @@ def _select(dataset, per_category):
     return keep
 
 
+
+def _fingerprint(obj) -> str:
+    """A short digest of a JSON-able object (non-JSON leaves by ``str``), independent of key order."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _checkpoint_stats(run) -> list:
+    """``(name, size, mtime_ns)`` of a run folder's checkpoint files (``*.pt``): retraining in place changes them."""
+    if not isinstance(run, (str, os.PathLike)):
+        return []
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(run).glob("*.pt"))]
+
+
+def _data_digest(data: Path, levels) -> str:
+    """Digest of the test set's annotation files (names and bytes) at ``levels`` and of its ``meta.json``."""
+    h = hashlib.sha256()
+    for p in [data / "meta.json"] + sorted(q for q in data.rglob("*.npz") if "annotations" in q.parts):
+        if p.is_file():
+            h.update(str(p.relative_to(data)).encode() + b"\0" + p.read_bytes())
+    h.update(json.dumps(list(levels)).encode())
+    return h.hexdigest()[:16]
+
 def _check_options(levels, per_category, device):
     if isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__"):
         raise TypeError(f"levels must be a sequence of ints from 0-3, got {levels!r}")
@@ -429,13 +452,25 @@ def evaluate_run(run, data, levels=(0, 1, 2, 3), per_category=None, quick=False,
     out.mkdir(parents=True, exist_ok=True)
     options = {"data": str(data.resolve()), "levels": levels, "per_category": per_category, "quick": bool(quick),
                "predictor_args": {k: v for k, v in sorted(predictor_args.items())}}
+    # Resuming must never mix predictions of two models or two test sets under one name: the folder also
+    # records what was evaluated (the predictor's method and config, the run's checkpoint files) and a
+    # digest of the test annotations, and refuses to continue when either changed.
+    identity = {"predictor": _fingerprint({"method": predictor.method, "config": predictor.config,
+                                           "checkpoints": _checkpoint_stats(run)}),
+                "data": _data_digest(data, levels)}
     opt_path = out / "options.json"
     if opt_path.is_file():
         saved = json.loads(opt_path.read_text())
+        saved_identity = saved.pop("identity", None)
         if saved != options:
             raise ValueError(f"{out} holds an evaluation with other options ({saved}); choose another out folder")
+        for what in ("predictor", "data"):
+            if saved_identity is None or saved_identity.get(what) != identity[what]:
+                thing = "model (run checkpoint or predictor config)" if what == "predictor" else "test data"
+                raise ValueError(f"{out} holds predictions of another {thing} than this evaluation's; "
+                                 f"delete that folder or choose another out folder")
     else:
-        atomic_write_text(opt_path, json.dumps(options, indent=1) + "\n")
+        atomic_write_text(opt_path, json.dumps({**options, "identity": identity}, indent=1) + "\n")
 
     dataset = PoseDataset(data, None, levels)
     indices = _select(dataset, per_category)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -159,6 +160,25 @@ def test_other_options_in_the_same_folder_are_refused(testset, tmp_path):
     ev.evaluate_run(Oracle(testset), testset, levels=(0,), out=tmp_path / "e", progress=False, echo=None)
     with pytest.raises(ValueError, match="other options"):
         ev.evaluate_run(Oracle(testset), testset, levels=(0, 1), out=tmp_path / "e", progress=False, echo=None)
+
+
+def test_another_model_or_test_set_in_the_same_folder_is_refused(testset, tmp_path):
+    """Resuming skips finished images by key; it must not reuse them for a changed model or regenerated data."""
+    out = tmp_path / "e"
+    first = ev.evaluate_run(Oracle(testset), testset, levels=(0,), out=out, progress=False, echo=None)
+    assert first["levels"]["0"]["acc_pi6"] == 1.0
+    with pytest.raises(ValueError, match="another model"):
+        ev.evaluate_run(Oracle(testset, azimuth_offset=1.0), testset, levels=(0,), out=out, progress=False, echo=None)
+    # The same model again resumes (nothing to do) and gives the same results.
+    again = ev.evaluate_run(Oracle(testset), testset, levels=(0,), out=out, progress=False, echo=None)
+    assert again["levels"] == first["levels"]
+    # Regenerated test data (another seed, same ids) under the same folder name is refused too.
+    other = tmp_path / "copy" / testset.name
+    shutil.copytree(testset, other)
+    ev.evaluate_run(Oracle(other), other, levels=(0,), out=tmp_path / "o", progress=False, echo=None)
+    generate_dataset(other, 2, (0, 1), seed=2, image_size=48, categories=CATS, progress=False, overwrite=True)
+    with pytest.raises(ValueError, match="another test data"):
+        ev.evaluate_run(Oracle(other), other, levels=(0,), out=tmp_path / "o", progress=False, echo=None)
 
 
 def test_bad_predictions_are_reported(testset, tmp_path):

@@ -275,6 +275,18 @@ def test_fallback_rate_crops_are_written_but_have_no_pose(tmp_path):
         read_annotation(info["annotation_path"])
 
 
+def test_objects_without_a_pose_are_left_out_of_the_samples(tmp_path):
+    """NeMo crops distance <= 0 objects too (fallback rate); they are indexed out by id, not met mid-run."""
+    from dataclasses import replace
+    write_cad_library(tmp_path, ["car"])
+    recs = [_small_record(f"n{i}", seed=i)[0] for i in range(3)]
+    recs[1] = replace(recs[1], distance=0.0)
+    prepare_split(recs, tmp_path / "PASCAL3D_NeMo", crop_hw=(96, 128))
+    src = Pascal3D(tmp_path / "PASCAL3D_NeMo")
+    assert [s.id for s in src] == ["n0", "n2"] and src.unposed == ["L0/car/n1"]
+    assert len(PoseDataset(tmp_path / "PASCAL3D_NeMo", mask_cache=False)) == 2
+
+
 def test_rendered_masks_are_cached_on_disk(tmp_path, monkeypatch):
     write_cad_library(tmp_path, ["car"])
     recs = [_small_record(f"n{i}", seed=i)[0] for i in range(2)]

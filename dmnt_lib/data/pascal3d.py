@@ -588,6 +588,16 @@ def _find_cad_root(root: Path) -> Path:
     return root.parent
 
 
+
+def _has_pose(ann_path: Path) -> bool:
+    """Whether a NeMo annotation has a pose (``distance > 0``); a missing or unreadable file counts as
+    posed here, so that reading the sample reports the real problem."""
+    try:
+        d = _load_fields(ann_path).get("distance")
+        return d is None or float(np.asarray(d).reshape(-1)[0]) > 0
+    except (OSError, ValueError, IndexError):
+        return True
+
 class Pascal3D:
     """An index over a PASCAL3D+-layout folder (either layout, either convention), read lazily.
 
@@ -606,7 +616,8 @@ class Pascal3D:
     Attributes:
         convention: ``"dmnt"`` or ``"nemo"`` (``detect_convention``). cad_z_up: whether the CAD
             files are stored z up (converted on load). items: ``(category, level, id,
-            images_dir, annotation_path)`` per sample.
+            images_dir, annotation_path)`` per sample. unposed: ``"L{level}/{category}/{id}"`` of
+            NeMo-listed objects left out because their annotation has no pose (``distance <= 0``).
 
     Raises:
         TypeError / ValueError: a bad argument (named), or a folder that fits no convention.
@@ -635,6 +646,9 @@ class Pascal3D:
         self.categories = tuple(categories)
         self.items: list[tuple[str, int, str, Path, Path]] = []
         self._list_cad: dict[int, int] = {}  # item -> the cad_index its meshNN.txt list gives
+        # NeMo also crops objects whose annotation has no pose (distance <= 0; it resizes them by its
+        # 224 / box fallback): they are left out of the samples, by id, so an evaluation never stops on one.
+        self.unposed: list[str] = []
         for cat in self.categories:
             for level in self.levels:
                 img_dir, ann_dir, lst = level_folders(self.root, cat, level, self.occ_root)
@@ -644,9 +658,13 @@ class Pascal3D:
                 by_mesh = nemo_lists(lst)["meshes"] if lst.is_dir() else {}
                 cad_of = {sid: k for k, ids in by_mesh.items() for sid in ids}
                 for sid in read_list(lst):
+                    ann_path = ann_dir / f"{sid}.npz"
+                    if self.convention == "nemo" and not _has_pose(ann_path):
+                        self.unposed.append(f"L{level}/{cat}/{sid}")
+                        continue
                     if sid in cad_of:
                         self._list_cad[len(self.items)] = cad_of[sid]
-                    self.items.append((cat, level, sid, img_dir, ann_dir / f"{sid}.npz"))
+                    self.items.append((cat, level, sid, img_dir, ann_path))
         self.cad_root = Path(cad_root) if cad_root is not None else _find_cad_root(self.root)
         self._cad_cache: dict = {}
 
