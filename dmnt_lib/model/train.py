@@ -549,6 +549,9 @@ def train(data, deform, out, config: TrainConfig = TrainConfig(), model_config: 
             atomic_write_text(out / "eval.json", json.dumps({"trained": trained, "untrained": untrained, "line": line,
                                                              "train_seconds": seconds, "val_images": len(val_idx)}, indent=1))
             result.update(trained=trained, untrained=untrained, line=line)
+    if os.environ.get("DMNT_DUMP_MEMORY"):  # debugging aid (used by the tests): every rank's memories
+        torch.save({"texels": model.textures.texels.cpu(), "seen": model.textures.seen.cpu(), "bank": model.bank.memory.cpu(),
+                    "ptr": model.bank.ptr.cpu()}, out / f"memory_rank{dist.rank}.pt")
     if dist.on:
         dist.dist.barrier()
     return result
