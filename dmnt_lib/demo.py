@@ -132,6 +132,14 @@ def _stage_deformation(ctx: DemoContext) -> list[Path]:
     return deform_demo(ctx.figures_dir, data_dir, ctx.cache_dir, ctx.quick)
 
 
+def _stage_training(ctx: DemoContext) -> list[Path]:
+    from .data.cli import ensure_dataset
+    from .model.viz import demo as training_demo
+
+    data_dir = ensure_dataset(ctx.cache_dir / "synthetic_demo", 1 if ctx.quick else 2, progress=False)
+    return training_demo(ctx.figures_dir, data_dir, ctx.cache_dir, ctx.quick)
+
+
 def _stage_uv_fragment(ctx: DemoContext) -> list[Path]:
     return [uv_fragment_figure(ctx.figures_dir / "uv_fragment.png")]
 
@@ -141,6 +149,7 @@ STAGES = [
     ("transform", _stage_transform),
     ("data", _stage_data),
     ("deformation", _stage_deformation),
+    ("training", _stage_training),
 ]
 
 

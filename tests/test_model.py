@@ -112,7 +112,7 @@ def test_sample_groups_counts_masks_and_sources():
     visible[2:10, 3:7] = True  # 32 texels
     bank = F.normalize(torch.randn(50, D, generator=gen), dim=1)
     counts = SampleCounts(positives=20, com=30, com_min_distance=4, class_=3, bg=10)
-    f, pos, neg, t = sample_groups(surface, visible, 0, texels, seen, bank, counts, torch.Generator().manual_seed(0))
+    f, pos, neg, t, _ = sample_groups(surface, visible, 0, texels, seen, bank, counts, torch.Generator().manual_seed(0))
     assert f.shape == (20, D) and pos.shape == (20, D) and t.shape == (20, 2)
     assert visible[t[:, 0], t[:, 1]].all() and len({tuple(x) for x in t.tolist()}) == 20
     assert torch.allclose(f, F.normalize(surface[:, t[:, 0], t[:, 1]].T, dim=1))
@@ -311,7 +311,7 @@ def test_loss_gradient_reaches_the_backbone_through_image_to_uv(backend):
         surface, visible = image_to_uv(feats, frag.uv, frag.mask, 16, backend=b)
         groups = sample_groups(surface[0], visible[0], 0, m.textures.texels, m.textures.seen > 0, m.bank.memory,
                                SampleCounts(50, 20, 3, 10, 10), torch.Generator().manual_seed(0))
-        f, pos, neg, _ = groups
+        f, pos, neg = groups[:3]
         contrastive_loss(f, pos, neg).backward()
         grads[b] = {n: p.grad.clone() for n, p in m.backbone.named_parameters()}
     g = grads[backend]

@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["GROUPS", "DEFAULT_WEIGHTS", "contrastive_loss", "SampleCounts", "sample_groups"]
+__all__ = ["GROUPS", "DEFAULT_WEIGHTS", "contrastive_loss", "SampleCounts", "Groups", "sample_groups"]
 
 GROUPS = ("Com", "Class", "BG")
 #: The appendix's weights: W_ML = W_Com = W_Class = 1, W_BG = 0.1.
@@ -148,6 +149,17 @@ class SampleCounts:
             raise ValueError(f"com_min_distance must be a number >= 0, got {self.com_min_distance!r}")
 
 
+class Groups(NamedTuple):
+    """``sample_groups``'s output: ``f (N, D)``, ``pos (N, D)``, ``negatives`` (for ``contrastive_loss``),
+    ``texel_index (N, 2)`` and ``com_index (K_c, 2)`` int64 ``(row, column)`` of the positives and Com negatives."""
+
+    f: torch.Tensor
+    pos: torch.Tensor
+    negatives: dict
+    texel_index: torch.Tensor
+    com_index: torch.Tensor
+
+
 def _choose(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
     """``min(k, n)`` distinct indices in ``[0, n)`` in random order (CPU int64)."""
     return torch.randperm(n, generator=generator)[:k]
@@ -170,11 +182,11 @@ def sample_groups(surface: torch.Tensor, visible: torch.Tensor, label: int, texe
         generator: a CPU ``torch.Generator``: every random choice comes from it.
 
     Returns:
-        ``(f, pos, negatives, texel_index)`` or ``None`` when no texel is visible: ``f (N, D)``
+        ``Groups(f, pos, negatives, texel_index, com_index)`` or ``None`` when no texel is visible: ``f (N, D)``
         unit (``normalize(surface[:, t])``), ``pos (N, D)`` = ``texels[label][:, t]``,
         ``negatives`` the dict ``contrastive_loss`` takes (``"Com"``: shared ``(K_c, D)`` with a
         ``(N, K_c)`` distance mask; ``"Class"``, ``"BG"``: shared, ``valid=None``), and
-        ``texel_index (N, 2)`` int64 ``(row, column)`` of the positives.
+        ``texel_index (N, 2)``, ``com_index (K_c, 2)`` int64 ``(row, column)`` of the positives and Com negatives.
     """
     C, D, S, S2 = texels.shape
     dev = surface.device
@@ -204,4 +216,4 @@ def sample_groups(surface: torch.Tensor, visible: torch.Tensor, label: int, texe
     negatives["Class"] = (texels[kc, :, ki, kj], None)
     b = _choose(len(bank), counts.bg, generator).to(bank.device) if counts.bg else torch.zeros(0, dtype=torch.long)
     negatives["BG"] = (bank[b], None)
-    return f, pos, negatives, t
+    return Groups(f, pos, negatives, t, c)

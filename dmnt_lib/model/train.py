@@ -303,7 +303,7 @@ def train_step(model: DMNT, net, optimizer, items: list, keys: list, frags: Frag
         g = _generator(config.seed, epoch, step, k)
         groups = sample_groups(surface[b], visible[b], int(labels[b]), texels, seen, bank, config.counts, g)
         if groups is not None:
-            f, pos, negatives, _ = groups
+            f, pos, negatives = groups[:3]
             total = total + contrastive_loss(f, pos, negatives, config.weights, config.temperature)
     loss = total / len(items)
     t = tick("loss", t)
