@@ -171,3 +171,20 @@ def test_bad_inputs_give_clear_errors(tiny, tmp_path):
     with pytest.raises(ValueError, match="unknown arch 'vgg'"):
         train(data, deform, tmp_path / "r3", cfg, ModelConfig(arch="vgg"), progress=False)
     assert main(["train", "--data", str(data), "--deform", str(deform), "--out", str(tmp_path / "r3"), "--set", "nope=1"]) == 2
+
+
+def test_bench_train_prints_the_time_split(tiny, capsys):
+    from dmnt_lib.__main__ import main
+    from dmnt_lib.model.bench import PHASES
+
+    data, deform = tiny
+    sets = [x for k, v in {**TINY_MODEL, **TINY_TRAIN}.items() if k not in ("batch_size", "val_per_category")
+            for x in ("--set", f"{k}={v}")]
+    assert main(["bench", "train", "--data", str(data), "--deform", str(deform), "--quick", "--threads", "1", *sets]) == 0
+    out = capsys.readouterr().out.splitlines()
+    header = next(line for line in out if line.startswith("mode"))
+    assert all(f"{p} ms" in header for p in PHASES)
+    rows = {line[:20].strip(): line[20:].split() for line in out if line.startswith("fragments ")}
+    assert set(rows) == {"fragments computed", "fragments cached"}
+    for vals in rows.values():
+        assert len(vals) == 1 + len(PHASES) and all(float(v) >= 0 for v in vals)
