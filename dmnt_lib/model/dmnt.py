@@ -150,7 +150,8 @@ class DMNT(nn.Module):
         return self.categories.index(category)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """``images (B, 3, H, W)`` in [0, 1] → unit features ``(B, D, H/s, W/s)``."""
+        """``images (B, 3, H, W)`` in [0, 1] → unit features ``(B, D, H/s, W/s)`` (call ``eval()`` first
+        for inference: in train mode BatchNorm normalizes with the batch's statistics)."""
         return self.backbone(images)
 
     def texture(self, category: str) -> torch.Tensor:
@@ -219,7 +220,8 @@ class DMNT(nn.Module):
         """Load a model written by ``save`` (or a training checkpoint: same format).
 
         Returns:
-            the ``DMNT`` on ``map_location``, and with ``return_extra`` also the ``extra`` dict.
+            the ``DMNT`` on ``map_location`` in eval mode (BatchNorm uses its running statistics;
+            ``train`` switches back itself), and with ``return_extra`` also the ``extra`` dict.
 
         Raises:
             FileNotFoundError; ValueError for a file that is not a ``dmnt-model-v1`` model or has a bad entry.
@@ -252,5 +254,5 @@ class DMNT(nn.Module):
             model.load_state_dict(ck["state"])
         except (TypeError, ValueError, KeyError, RuntimeError) as e:
             raise ValueError(f"{path}: bad model entry {entry!r}: {e}") from None
-        model = model.to(map_location)
+        model = model.to(map_location).eval()
         return (model, ck.get("extra", {})) if return_extra else model
