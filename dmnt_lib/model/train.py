@@ -119,9 +119,11 @@ class TrainConfig:
 
     @classmethod
     def quick(cls, **over) -> "TrainConfig":
-        """The 2-core preset ``train --quick`` uses (see docs/readme/train.md for its numbers)."""
-        base = dict(epochs=5, batch_size=8, per_category=40, val_per_category=10, categories=None,
-                    positives=400, com=400, class_negatives=100, bg=800)
+        """The 2-core preset ``train --quick`` uses with ``ModelConfig(texture_size=64)`` (docs/readme/train.md):
+        60 training + 10 held-out images per category, 4 epochs of batch 8, smaller sample counts
+        (400 positives, 400 Com at >= 10 texels: 20 at S=128 scaled to S=64, 100 Class, 800 BG)."""
+        base = dict(epochs=4, batch_size=8, per_category=60, val_per_category=10, categories=None,
+                    positives=400, com=400, com_min_distance=10.0, class_negatives=100, bg=800)
         base.update(over)
         return cls(**base)
 
