@@ -187,4 +187,4 @@ def test_bench_train_prints_the_time_split(tiny, capsys):
     rows = {line[:20].strip(): line[20:].split() for line in out if line.startswith("fragments ")}
     assert set(rows) == {"fragments computed", "fragments cached"}
     for vals in rows.values():
-        assert len(vals) == 1 + len(PHASES) and all(float(v) >= 0 for v in vals)
+        assert len(vals) == 2 + len(PHASES) and all(float(v) >= 0 for v in vals)
