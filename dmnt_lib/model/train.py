@@ -241,7 +241,7 @@ def _transform_kwargs(charts):
     return kw
 
 
-def _object_pixels(masks: torch.Tensor, stride: int, threshold: float):
+def _object_pixels(masks: torch.Tensor, stride: int) -> torch.Tensor:
     """``(B, H, W)`` bool object masks → ``(B, H/s, W/s)`` fraction of each ``s x s`` block on the object."""
     return F.avg_pool2d(masks[:, None].float(), stride)[:, 0]
 
@@ -260,7 +260,7 @@ def _batch_inputs(model, items, indices, frags: FragmentCache, config: TrainConf
     uv = torch.stack([f[0] for f in fr]).to(device)
     mesh_mask = torch.stack([f[1] for f in fr]).to(device)
     charts = None if any(f[2] is None for f in fr) else torch.stack([f[2] for f in fr]).to(device)
-    frac = _object_pixels(torch.stack([it["mask"] for it in items]).to(device), model.stride, config.object_threshold)
+    frac = _object_pixels(torch.stack([it["mask"] for it in items]).to(device), model.stride)
     on_object = mesh_mask & (frac >= config.object_threshold)
     background = (frac == 0) & ~mesh_mask
     return images, labels, uv, on_object, background, charts

@@ -214,7 +214,7 @@ def figure3(model: DMNT, item: dict, path=None, config: TrainConfig = TrainConfi
                label=f"{name}: {k} samples, W={wg:g}" + (f", {int((~v).sum())} masked" if (~v).any() else ""))
         x0 += k
     ax.plot([0], [float(prob[0])], "*", ms=16, color="tab:red", mec="k")
-    ax.annotate(f"positive: p = {float(prob[0]):.2e}", (0, float(prob[0])), xytext=(20, -4), textcoords="offset points",
+    ax.annotate(f"positive: p = {float(prob[0]):.2e}", (0, float(prob[0])), xytext=(25, 25), textcoords="offset points", bbox=dict(fc="w", ec="tab:red"),
                 fontsize=9, color="tab:red")
     ax.set_yscale("log")
     ax.set_ylim(max(float(prob[prob > 0].min()), 1e-8), 1.5)
