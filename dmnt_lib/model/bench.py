@@ -24,8 +24,9 @@ PHASES = ("fragments", "backbone", "transform", "loss", "backward", "updates")
 
 
 def _ensure_inputs(cache: Path, categories=("car", "aeroplane", "chair")):
-    from ..data.cli import ensure_dataset
     from ..deform import FitConfig, fit_category, load_cad_models
+
+    from .viz import ensure_dataset
 
     data = ensure_dataset(cache / "bench_train_data", 24, levels=(0,), seed=0, categories=list(categories))
     deform = cache / "bench_train_deform"

@@ -241,6 +241,15 @@ def figure3(model: DMNT, item: dict, path=None, config: TrainConfig = TrainConfi
 DEMO_CATEGORIES = ("car", "aeroplane")
 
 
+def ensure_dataset(*args, **kwargs):
+    """``ensure_dataset`` of the data package (``data.cache`` on main, ``data.cli`` before; the lead may drop this shim)."""
+    try:
+        from ..data.cache import ensure_dataset as ensure
+    except ImportError:
+        from ..data.cli import ensure_dataset as ensure
+    return ensure(*args, **kwargs)
+
+
 def demo(figures_dir, data_dir, cache_dir, quick: bool = True) -> list[Path]:
     """``make demo``'s stage: ``figures_dir/training_loss.png`` (Figure 3) on the demo dataset.
 
