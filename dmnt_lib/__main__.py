@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 # Kept in sync with demo.STAGES by tests/test_cli.py (importing demo here would load torch for --help).
-DEMO_STAGES = ["uv_fragment", "transform", "data", "deformation"]
+DEMO_STAGES = ["uv_fragment", "transform", "data", "deformation", "training"]
 
 # Subcommands that live in their own modules: each has add_parser(subparsers) and run(args).
-_SUBCOMMAND_MODULES = ["dmnt_lib.data.cli", "dmnt_lib.deform.cli", "dmnt_lib.evaluate", "dmnt_lib.baseline.cli",
-                       "dmnt_lib.figures.cli", "dmnt_lib.reproduce.cli"]
+_SUBCOMMAND_MODULES = ["dmnt_lib.data.cli", "dmnt_lib.deform.cli", "dmnt_lib.model.cli", "dmnt_lib.evaluate",
+                       "dmnt_lib.baseline.cli", "dmnt_lib.figures.cli", "dmnt_lib.reproduce.cli"]
 
 
 def _default_cache() -> Path:
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_run_demo)
 
     # Listed here for the overview; main() hands everything after "bench" to dmnt_lib.bench.main.
-    sub.add_parser("bench", help="benchmark the image->UV transform backends (see: bench --help)", add_help=False)
+    sub.add_parser("bench", help="benchmark the image->UV transform backends (see: bench --help; training: bench train --help)", add_help=False)
 
     for name in _SUBCOMMAND_MODULES:
         try:
@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["bench", "train"]:  # training throughput (dmnt_lib.model.bench)
+        from .model.bench import main as bench_train_main
+
+        return int(bench_train_main(argv[2:]) or 0)
     if argv[:1] == ["bench"]:
         from .bench import main as bench_main
 

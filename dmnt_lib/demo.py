@@ -131,6 +131,13 @@ def _stage_deformation(ctx: DemoContext) -> list[Path]:
     return deform_demo(ctx.figures_dir, data_dir, ctx.cache_dir, ctx.quick)
 
 
+def _stage_training(ctx: DemoContext) -> list[Path]:
+    from .model.viz import demo as training_demo, ensure_dataset
+
+    data_dir = ensure_dataset(ctx.cache_dir / "synthetic_demo", 1 if ctx.quick else 2, progress=False)
+    return training_demo(ctx.figures_dir, data_dir, ctx.cache_dir, ctx.quick)
+
+
 def _stage_uv_fragment(ctx: DemoContext) -> list[Path]:
     return [uv_fragment_figure(ctx.figures_dir / "uv_fragment.png")]
 
@@ -140,6 +147,7 @@ STAGES = [
     ("transform", _stage_transform),
     ("data", _stage_data),
     ("deformation", _stage_deformation),
+    ("training", _stage_training),
 ]
 
 

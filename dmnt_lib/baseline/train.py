@@ -37,7 +37,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..data.shapes import CATEGORIES

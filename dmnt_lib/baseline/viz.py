@@ -7,7 +7,6 @@ import math
 import numpy as np
 import torch
 
-from ..data.shapes import CATEGORIES
 
 __all__ = ["architecture_rows", "plot_bins", "plot_history", "prediction_grid"]
 

@@ -1,0 +1,190 @@
+"""Training: a tiny run learns, resume is bit-identical, 2-process DDP equals one process, bad inputs fail clearly."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dmnt_lib.model import DMNT, ModelConfig
+from dmnt_lib.model.train import FragmentCache, TrainConfig, evaluate_correspondence, final_line, split_indices, train
+
+ROOT = Path(__file__).resolve().parent.parent
+CATS = ("car", "chair")
+FINAL = re.compile(r"^texel correspondence@5: trained=(\d\.\d{3}) untrained=(\d\.\d{3}); "
+                   r"category match: trained=(\d\.\d{3}) untrained=(\d\.\d{3})$")
+
+# A tiny configuration: 64 px images (16 x 16 features), D = 16, 32 x 32 textures, small sample counts.
+TINY_MODEL = dict(dim=16, texture_size=32, bank_size=256)
+TINY_TRAIN = dict(batch_size=4, lr=2e-3, val_per_category=2, positives=150, com=150, com_min_distance=4.0,
+                  class_negatives=30, bg=100, bank_push=16, eval_texels=150)
+
+
+def _fit_deform(data: Path, out: Path, categories=CATS):
+    from dmnt_lib.deform import FitConfig, fit_category, load_cad_models
+
+    cfg = FitConfig.quick(steps=4, template_verts=200, hidden=32, depth=2, skip=(), num_samples=200, models_per_step=0,
+                          silhouette_batch=0, checkpoint_every=4)
+    for c in categories:
+        fit_category(load_cad_models(data, c), cfg, checkpoint=out / f"{c}.pt", category=c, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from dmnt_lib.data import generate_dataset
+
+    root = tmp_path_factory.mktemp("train")
+    data = root / "data"
+    generate_dataset(data, 10, levels=(0,), seed=0, image_size=64, categories=list(CATS), progress=False)
+    _fit_deform(data, root / "deform")
+    return data, root / "deform"
+
+
+def _run(tiny, out, epochs, **over):
+    data, deform = tiny
+    cfg = TrainConfig(epochs=epochs, **{**TINY_TRAIN, **over})
+    return train(data, deform, out, cfg, ModelConfig(**TINY_MODEL), progress=False, echo=lambda *_: None, evaluate=False,
+                 resume=(Path(out) / "checkpoint.pt").exists())
+
+
+@pytest.mark.slow
+def test_tiny_run_lowers_the_loss_and_learns_correspondences(tiny, tmp_path):
+    from dmnt_lib.data import PoseDataset
+
+    res = _run(tiny, tmp_path / "run", epochs=12)
+    losses = [r["loss"] for r in res["history"]]
+    assert len(losses) == 12 * 4  # 16 training images, batch 4
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < first - 0.5, (first, last)
+    model = res["model"]
+    cfg = TrainConfig(epochs=1, **TINY_TRAIN)
+    ds = PoseDataset(tiny[0], levels=(0,))
+    train_idx, _ = split_indices(ds, ds.categories, cfg)
+    frags = FragmentCache()
+    trained = evaluate_correspondence(model, ds, train_idx, frags, cfg)
+    fresh = DMNT(model.categories, {c: model.meshes[c] for c in model.categories}, model.cad_names, model.config)
+    untrained = evaluate_correspondence(fresh, ds, train_idx, frags, cfg, candidates=model.textures.seen > 0)
+    assert trained["texels"] == untrained["texels"] > 500
+    assert trained["corr"] > untrained["corr"] + 0.1, (trained, untrained)
+    assert trained["category"] > untrained["category"] + 0.2, (trained, untrained)
+    # the files of a run
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in log] == losses
+    assert DMNT.load(tmp_path / "run" / "model.pt").config == model.config
+
+
+def _state(path):
+    m = DMNT.load(path)
+    return m.state_dict()
+
+
+@pytest.mark.slow
+def test_resume_is_bit_identical(tiny, tmp_path):
+    full = _run(tiny, tmp_path / "a", epochs=2)
+    _run(tiny, tmp_path / "b", epochs=1)
+    resumed = _run(tiny, tmp_path / "b", epochs=2)
+    assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in full["history"]]
+    sa, sb = _state(tmp_path / "a" / "checkpoint.pt"), _state(tmp_path / "b" / "checkpoint.pt")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    log = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
+    assert len(log) == len(full["history"])
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(*tiny, tmp_path / "a", TrainConfig(epochs=3, **TINY_TRAIN), ModelConfig(**TINY_MODEL), progress=False, evaluate=False)
+    with pytest.raises(ValueError, match="another training config"):
+        train(*tiny, tmp_path / "a", TrainConfig(epochs=3, **{**TINY_TRAIN, "lr": 1e-4}), ModelConfig(**TINY_MODEL),
+              progress=False, evaluate=False, resume=True)
+
+
+def _cli(tiny, out, extra, nproc=None):
+    data, deform = tiny
+    args = ["-m", "dmnt_lib", "train", "--data", str(data), "--deform", str(deform), "--out", str(out), "--epochs", "2",
+            "--batch-size", "4", "--no-progress", "--threads", "1", "--set", "norm=group"]
+    for k, v in {**TINY_MODEL, **TINY_TRAIN}.items():
+        if k != "batch_size":
+            args += ["--set", f"{k}={v}"]
+    if nproc:
+        args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] + args
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DMNT_DUMP_MEMORY": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, *args, *extra], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process_on_the_same_global_batch(tiny, tmp_path):
+    """GroupNorm (per-sample) so that the two runs compute the same function; tolerance: float32 sums in
+    another order (gradients averaged by all_reduce, texture sums reduced across ranks) -> 1e-4 relative on
+    the loss, 1e-4 absolute on the unit texels after 8 steps."""
+    one = _cli(tiny, tmp_path / "one", [])
+    two = _cli(tiny, tmp_path / "two", [], nproc=2)
+    last = one.stdout.strip().splitlines()[-1]
+    assert FINAL.match(last), last
+    assert FINAL.match(two.stdout.strip().splitlines()[-1])
+    l1 = [json.loads(x)["loss"] for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
+    l2 = [json.loads(x)["loss"] for x in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert len(l1) == len(l2) == 8
+    assert l1 == pytest.approx(l2, rel=1e-4)
+    r0, r1 = (torch.load(tmp_path / "two" / f"memory_rank{r}.pt") for r in (0, 1))
+    for k in r0:  # every rank holds exactly the same memories
+        assert torch.equal(r0[k], r1[k]), k
+    single = torch.load(tmp_path / "one" / "memory_rank0.pt")
+    assert torch.equal(single["seen"], r0["seen"]) and torch.equal(single["ptr"], r0["ptr"])
+    assert torch.allclose(single["texels"], r0["texels"], atol=1e-4)
+    assert torch.allclose(single["bank"], r0["bank"], atol=1e-4)
+
+
+def test_final_line_format():
+    line = final_line({"corr": 0.4321, "category": 0.95}, {"corr": 0.1, "category": 0.40049})
+    assert line == "texel correspondence@5: trained=0.432 untrained=0.100; category match: trained=0.950 untrained=0.400"
+    assert FINAL.match(line)
+
+
+def test_bad_inputs_give_clear_errors(tiny, tmp_path):
+    from dmnt_lib.__main__ import main
+    from dmnt_lib.data import generate_dataset
+
+    data, deform = tiny
+    cfg, mcfg = TrainConfig(epochs=1, **TINY_TRAIN), ModelConfig(**TINY_MODEL)
+    with pytest.raises(FileNotFoundError, match="dataset folder not found"):
+        train(tmp_path / "nope", deform, tmp_path / "r", cfg, mcfg, progress=False)
+    # deformable meshes of other categories only
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "car.pt").write_bytes((deform / "car.pt").read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"no deformable-mesh checkpoint for \['chair'\]"):
+        train(data, other, tmp_path / "r", cfg, mcfg, progress=False)
+    (other / "chair.pt").write_bytes((deform / "car.pt").read_bytes())  # a car mesh under the chair's name
+    with pytest.raises(ValueError, match="holds the deformable mesh of 'car', not 'chair'"):
+        train(data, other, tmp_path / "r", cfg, mcfg, progress=False)
+    # image size not divisible by the stride
+    odd = tmp_path / "odd"
+    generate_dataset(odd, 3, levels=(0,), seed=0, image_size=66, categories=["car"], progress=False)
+    with pytest.raises(ValueError, match=r"image size \(66, 66\) is not divisible by the stride 4"):
+        train(odd, deform, tmp_path / "r2", TrainConfig(epochs=1, **{**TINY_TRAIN, "val_per_category": 1}), mcfg, progress=False)
+    # unknown architecture, through the CLI: exit 2 with the message
+    code = main(["train", "--data", str(data), "--deform", str(deform), "--out", str(tmp_path / "r3"), "--set", "arch=vgg"])
+    assert code == 2
+    with pytest.raises(ValueError, match="unknown arch 'vgg'"):
+        train(data, deform, tmp_path / "r3", cfg, ModelConfig(arch="vgg"), progress=False)
+    assert main(["train", "--data", str(data), "--deform", str(deform), "--out", str(tmp_path / "r3"), "--set", "nope=1"]) == 2
+
+
+def test_bench_train_prints_the_time_split(tiny, capsys):
+    from dmnt_lib.__main__ import main
+    from dmnt_lib.model.bench import PHASES
+
+    data, deform = tiny
+    sets = [x for k, v in {**TINY_MODEL, **TINY_TRAIN}.items() if k not in ("batch_size", "val_per_category")
+            for x in ("--set", f"{k}={v}")]
+    assert main(["bench", "train", "--data", str(data), "--deform", str(deform), "--quick", "--threads", "1", *sets]) == 0
+    out = capsys.readouterr().out.splitlines()
+    header = next(line for line in out if line.startswith("mode"))
+    assert all(f"{p} ms" in header for p in PHASES)
+    rows = {line[:20].strip(): line[20:].split() for line in out if line.startswith("fragments ")}
+    assert set(rows) == {"fragments computed", "fragments cached"}
+    for vals in rows.values():
+        assert len(vals) == 2 + len(PHASES) and all(float(v) >= 0 for v in vals)
