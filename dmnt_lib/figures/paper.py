@@ -172,9 +172,13 @@ def _grid(plt, rows: int, cols: int, cell: float = 1.45):
 def _finish(fig, axes, used: int, title: str):
     for ax in axes.ravel()[used:]:
         ax.axis("off")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.3)
+    _title(fig, title)
     return fig
+
+
+def _title(fig, title: str, size: int = 9):
+    fig.suptitle(title, fontsize=size)
+    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.35 / fig.get_size_inches()[1]))  # room for the title
 
 
 def _need(records, what: str):
@@ -190,7 +194,7 @@ def build_figure4(records, images: TestImages, meshes=None, categories=None, nco
     ncols = min(ncols, len(chosen))
     fig, axes = _grid(plt, math.ceil(len(chosen) / ncols), ncols)
     for ax, r in zip(axes.ravel(), chosen):
-        draw_panel(ax, r, images, meshes, caption=f"{r.category}: " + _short(r))
+        draw_panel(ax, r, images, meshes, caption=f"{r.category}\n" + _short(r))
     return _finish(fig, axes, len(chosen), f"{name} on unoccluded test images (L0): predicted pose (mesh), "
                    "amodal mask (yellow; ground truth dashed), class")
 
@@ -222,13 +226,12 @@ def build_figure5(records, images: TestImages, meshes=None, levels=(1, 2, 3), ca
     for i, (k, row) in enumerate(rows):
         for j, r in enumerate(row):
             draw_panel(axes[i, j], r, images, meshes, label=f"L{k}" if j == 0 else None,
-                       caption=f"{r.category}: " + _short(r))
+                       caption=(f"{r.category}\n" if i == 0 else "") + _short(r))
             used += 1
         for ax in axes[i, len(row):]:
             ax.axis("off")
-    fig.suptitle(f"{name} on occluded test images (rows L{', L'.join(str(k) for k, _ in rows)}; the same object "
-                 "in each column)", fontsize=9)
-    fig.tight_layout(pad=0.3)
+    _title(fig, f"{name} on occluded test images (rows L{', L'.join(str(k) for k, _ in rows)}; the same object "
+           "in each column)")
     return fig
 
 
@@ -300,9 +303,8 @@ def build_figure6(records, images: TestImages, meshes=None, n_per_kind: int = 4,
             draw_panel(axes[i, j], r, images, meshes, label=k if j == 0 else None, caption=_failure_caption(k, r))
         for ax in axes[i, len(row):]:
             ax.axis("off")
-    fig.suptitle(f"{name} failure cases (rule: wrong class, then pose error ≥ 30° worst first, "
-                 "then amodal IoU < 0.5 lowest first; one image per object)", fontsize=8)
-    fig.tight_layout(pad=0.3)
+    _title(fig, f"{name} failure cases (rule: wrong class, then pose error ≥ 30° worst first, "
+           "then amodal IoU < 0.5 lowest first; one image per object)", size=8)
     return fig
 
 
