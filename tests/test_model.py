@@ -274,6 +274,18 @@ def test_dmnt_accessors():
             raise NotImplementedError("dmnt_lib.inference exists; nothing to check")
 
 
+def test_every_category_name_works_including_train(tmp_path):
+    """"train" is a PASCAL3D+ category and also nn.Module.train: the model must not key modules by name."""
+    from dmnt_lib.data import CATEGORIES
+
+    m = _tiny_model(categories=tuple(CATEGORIES))
+    assert m.categories == tuple(CATEGORIES) and m.deformable("train").num_models == 3
+    m.train()  # still the method
+    m.save(tmp_path / "m.pt")
+    back = DMNT.load(tmp_path / "m.pt")
+    assert torch.equal(back.mesh("train", 2).verts, m.mesh("train", 2).verts)
+
+
 def test_dmnt_save_load_round_trip(tmp_path):
     m = _tiny_model()
     m.textures.update(torch.tensor([1]), torch.randn(1, 8, 16, 16), torch.rand(1, 16, 16) > 0.5)

@@ -1,7 +1,7 @@
 """``DMNT``: the feature net, the neural textures, the background bank and the category
 deformable meshes (with one shape code per CAD model), saved and loaded as one file.
 
-File format ``dmnt-model-v1`` (``torch.save`` of a dict, written with ``fileio.atomic_path``):
+File format ``dmnt-model-v2`` (``torch.save`` of a dict, written with ``fileio.atomic_path``):
 ``format``, ``config`` (``ModelConfig`` as a dict), ``categories``, ``deform`` (per category:
 template tensors, ``net_config``, CAD model names), ``state`` (the ``state_dict``) and
 ``extra`` (whatever the caller adds: the training loop stores its optimizer and history there).
@@ -25,7 +25,7 @@ from .texture import BackgroundBank, NeuralTexture
 
 __all__ = ["ModelConfig", "DMNT", "MODEL_FORMAT", "load_deformables"]
 
-MODEL_FORMAT = "dmnt-model-v1"
+MODEL_FORMAT = "dmnt-model-v2"
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,8 @@ class DMNT(nn.Module):
             self.backbone = FeatureNet(config.arch, config.dim, config.stride, weights=weights, norm=config.norm)
         self.textures = NeuralTexture(len(categories), config.dim, config.texture_size, config.momentum, seed=config.seed)
         self.bank = BackgroundBank(config.bank_size, config.dim, seed=config.seed)
-        self.meshes = nn.ModuleDict({c: deformables[c] for c in categories})
+        # A list, not a ModuleDict keyed by category: "train" is a category and also nn.Module.train.
+        self.meshes = nn.ModuleList([deformables[c] for c in categories])
         for p in self.meshes.parameters():
             p.requires_grad_(False)
 
@@ -164,8 +165,7 @@ class DMNT(nn.Module):
 
     def deformable(self, category: str):
         """The category's ``DeformableMesh`` (e.g. to optimise a shape code)."""
-        self.label(category)
-        return self.meshes[category]
+        return self.meshes[self.label(category)]
 
     def codes(self, category: str) -> torch.Tensor:
         """``(M, Z)`` the learned shape codes of the category's CAD models (detached)."""
@@ -201,7 +201,7 @@ class DMNT(nn.Module):
     def _deform_meta(self) -> dict:
         out = {}
         for c in self.categories:
-            dm = self.meshes[c]
+            dm = self.meshes[self.label(c)]
             t = dm.template
             out[c] = {"template": {k: getattr(t, k).detach().cpu() for k in ("verts", "faces", "verts_uvs", "faces_uvs")},
                       "net_config": dm.net.config(), "names": list(self.cad_names[c])}
@@ -224,7 +224,7 @@ class DMNT(nn.Module):
             ``train`` switches back itself), and with ``return_extra`` also the ``extra`` dict.
 
         Raises:
-            FileNotFoundError; ValueError for a file that is not a ``dmnt-model-v1`` model or has a bad entry.
+            FileNotFoundError; ValueError for a file that is not a ``dmnt-model-v2`` model or has a bad entry.
         """
         from ..deform import DeformableMesh, DeformationNet
 

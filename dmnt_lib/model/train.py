@@ -527,7 +527,7 @@ def train(data, deform, out, config: TrainConfig = TrainConfig(), model_config: 
         if evaluate and val_idx:
             trained = evaluate_correspondence(model, dataset, val_idx, frags, config, device=device)
             with torch.random.fork_rng(devices=[]):
-                fresh = DMNT(model.categories, {c: model.meshes[c] for c in model.categories}, model.cad_names, model.config).to(device)
+                fresh = DMNT(model.categories, {c: model.deformable(c) for c in model.categories}, model.cad_names, model.config).to(device)
             untrained = evaluate_correspondence(fresh, dataset, val_idx, frags, config, candidates=model.textures.seen > 0, device=device)
             line = final_line(trained, untrained)
             atomic_write_text(out / "eval.json", json.dumps({"trained": trained, "untrained": untrained, "line": line,
