@@ -4,7 +4,7 @@ Pipeline per batch: (1) background map ``b``; (2) per category, the init grid's 
 ``grid.py``), the centre (known, or searched as a 2D shift by correlation), grid scores without
 gradients; (3) the ``top_k`` categories by init score (plus any ``include``\\ d ones) get ``hypotheses``
 poses each (NMS over rotation), refined by Adam in one batch (``refine.py``); (4) category = argmax of
-the refined scores; (5) the fitted mesh rendered at image resolution gives the amodal mask and, with
+the refined class scores (``config.score``; poses are fitted with ``config.fit_score``); (5) the fitted mesh rendered at image resolution gives the amodal mask and, with
 ``o > b`` there, the visible mask.
 """
 
@@ -25,7 +25,7 @@ from .grid import (GRID_CACHE, GridCache, grid_scores, known_offsets, offsets_to
                    search_offsets, select_hypotheses)
 from .raster import fragments
 from .refine import Hypotheses, _mesh_parts, refine
-from .score import background_map, object_map, uv_score
+from .score import background_map, combine, object_map, uv_terms
 
 __all__ = ["Prediction", "render_and_compare", "validate_inputs"]
 
@@ -38,8 +38,10 @@ class Prediction:
         category, azimuth, elevation, theta, distance, principal: the best refined hypothesis.
         score: its score; ``scores``: category → score (refined for the refined categories, else the
             init grid score); ``refined``: the categories that were refined.
-        poses: category → ``{"azimuth", "elevation", "theta", "distance", "principal", "score",
-            "init_score", "refined"}`` (the best hypothesis of each category).
+        poses: category → ``{"azimuth", "elevation", "theta", "distance", "principal", "score" (config.score),
+            "init_score", "objective" (config.fit_score), "refined"}`` for the best-fitting hypothesis of each
+            category; refined ones add ``"scores"`` (both kinds, at the kept pose), ``"init_objective"`` (at the
+            init pose) and ``"final_objective"`` (Adam's last step), and ``"code"`` with ``fit_shape``.
         amodal_mask, visible_mask: ``(H, W)`` bool CPU tensors.
         time_s: seconds for this image (batch time / B, plus the backbone when ``infer`` ran it);
             ``timings``: the same split into ``init``, ``refine``, ``masks`` (and ``backbone``).
@@ -189,32 +191,38 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
 
     # ---- init: grid scores per category, from cached fragments ----
     t0 = time.perf_counter()
-    init = {}  # cat -> dict(scores (B,G), offsets (B,G,2), entry)
+    kinds = tuple(dict.fromkeys((config.fit_score, config.score)))
+    init = {}  # cat -> {"fit": (B,G), "cls": (B,G), "offsets": (B,G,2), "entries": [per image]}
     with torch.no_grad():
         for cat in cats:
             mesh0, _, _ = _mesh_parts(meshes[cat], False)
             tex = pool_texture(textures[cat].to(features.dtype), config.init_texture_size)
-            scores = torch.empty(b, config.num_grid_poses, dtype=features.dtype)
+            sc = {k: torch.empty(b, config.num_grid_poses, dtype=features.dtype) for k in kinds}
             offs = torch.empty(b, config.num_grid_poses, 2, dtype=torch.int64)
-            entry = None
+            entries = []
             for i in range(b):  # images may differ in focal length: one cache entry per focal
                 entry = cache.get(mesh0, config, float(focal_f[i]), (h, w))
+                entries.append(entry)
                 fi = features[i: i + 1]
                 if center == "known":
                     o = known_offsets(pp_f[i: i + 1], (h, w))[:, None].expand(1, entry.num_poses, 2)
                 else:
                     o = search_offsets(fi, entry, tex, config.search_radius)
                 if config.compare == "uv":
-                    scores[i] = _grid_scores_uv(fi, entry, tex, bg, o[0], (h, w), config)
+                    got = _grid_scores_uv(fi, entry, tex, bg, o[0], (h, w), config, kinds)
                 else:
-                    scores[i] = grid_scores(fi, bgmap[i: i + 1], entry, tex, o, config.score)[0]
+                    got = {k: v[0] for k, v in grid_scores(fi, bgmap[i: i + 1], entry, tex, o, kinds).items()}
+                for k in kinds:
+                    sc[k][i] = got[k]
                 offs[i] = o[0]
-            init[cat] = {"scores": scores, "offsets": offs, "entry": entry}
-    best_init = torch.stack([init[c]["scores"].amax(1) for c in cats], 1)  # (B, C)
+            init[cat] = {"fit": sc[config.fit_score], "cls": sc[config.score], "offsets": offs, "entries": entries}
 
-    # ---- choose categories and hypotheses ----
+    # ---- choose hypotheses (by the fit score) and categories (by the class score at those hypotheses) ----
     refine_pp = config.refine_principal if config.refine_principal is not None else center == "search"
     cfg = config.replace(refine_principal=refine_pp)
+    picks = {cat: [select_hypotheses(init[cat]["fit"][i], init[cat]["entries"][i].geodesic, config.hypotheses,
+                                     math.radians(config.nms_deg)) for i in range(b)] for cat in cats}
+    best_init = torch.tensor([[float(init[c]["cls"][i, picks[c][i]].max()) for c in cats] for i in range(b)])  # (B, C)
     chosen = []
     hyps: dict[str, dict[str, list]] = {}
     for i in range(b):
@@ -224,12 +232,9 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
         sel += [c for c in inc if c not in sel]
         chosen.append(sel)
         for cat in sel:
-            it = init[cat]
-            # Grid indices per image are the same for every focal (same grid), so any entry's geodesic works.
-            idx = select_hypotheses(it["scores"][i], it["entry"].geodesic, config.hypotheses, math.radians(config.nms_deg))
-            entry = cache.get(_mesh_parts(meshes[cat], False)[0], config, float(focal_f[i]), (h, w))
+            it, entry = init[cat], init[cat]["entries"][i]
             lst = hyps.setdefault(cat, {k: [] for k in ("image", "azimuth", "elevation", "theta", "distance", "principal", "focal")})
-            for g in idx:
+            for g in picks[cat][i]:
                 lst["image"].append(i)
                 for k in ("azimuth", "elevation", "theta", "distance"):
                     lst[k].append(float(entry.poses[k][g]))
@@ -260,19 +265,23 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
             if cat in chosen[i]:
                 r, hy = res[cat], hyp_objs[cat]
                 rows = (hy.image == i).nonzero()[:, 0]
-                j = int(rows[r.score[rows].argmax()])
+                j = int(rows[r.objective[rows].argmax()])  # the category's pose: best fit
                 poses[cat] = {"azimuth": float(r.azimuth[j]), "elevation": float(r.elevation[j]), "theta": float(r.theta[j]),
                               "distance": float(r.distance[j]), "principal": tuple(float(x) * stride for x in r.principal[j]),
-                              "score": float(r.score[j]), "init_score": float(r.init_score[rows].max()),
-                              "final_score": float(r.final_score[j]), "refined": True, "_row": j,
+                              "score": float(r.scores[config.score][j]),
+                              "scores": {k: float(v[j]) for k, v in r.scores.items()},
+                              "init_score": float(r.init_scores[config.score][j]),
+                              "objective": float(r.objective[j]), "init_objective": float(r.init_objective[j]),
+                              "final_objective": float(r.final_objective[j]), "refined": True, "_row": j,
                               "code": r.code[j] if r.code is not None else None}
             else:
-                g = int(init[cat]["scores"][i].argmax())
-                entry = init[cat]["entry"]
+                g = picks[cat][i][0]
+                entry = init[cat]["entries"][i]
                 prin = pp_f[i] if center == "known" else offsets_to_principal(init[cat]["offsets"][i, g], (h, w))
                 poses[cat] = {**{k: float(entry.poses[k][g]) for k in ("azimuth", "elevation", "theta", "distance")},
-                              "principal": tuple(float(x) * stride for x in prin), "score": float(init[cat]["scores"][i, g]),
-                              "init_score": float(init[cat]["scores"][i, g]), "refined": False, "code": None}
+                              "principal": tuple(float(x) * stride for x in prin), "score": float(init[cat]["cls"][i, g]),
+                              "init_score": float(init[cat]["cls"][i, g]), "objective": float(init[cat]["fit"][i, g]),
+                              "refined": False, "code": None}
             scores[cat] = poses[cat]["score"]
         refined = [c for c in cats if c in chosen[i]]
         best = max(refined, key=lambda c: scores[c])
@@ -298,12 +307,12 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
     return preds
 
 
-def _grid_scores_uv(fi, entry, tex, bg, offsets, hw, config, chunk: int = 64) -> torch.Tensor:
-    """UV-mode grid scores ``(G,)`` for one image ``fi (1,D,h,w)`` at ``offsets (G, 2)``: dense uv crops of the
+def _grid_scores_uv(fi, entry, tex, bg, offsets, hw, config, kinds, chunk: int = 64) -> dict:
+    """UV-mode grid scores kind → ``(G,)`` for one image ``fi (1,D,h,w)`` at ``offsets (G, 2)``: dense uv crops of the
     cached canvas fragments, then ``uv_score`` against the pooled texture."""
     h, w = hw
     hc, wc = entry.canvas
-    out = []
+    out = {k: [] for k in kinds}
     for s in range(0, entry.num_poses, chunk):
         sl = slice(s, s + chunk)
         pix, valid, uvs = entry.pix[sl], entry.valid[sl], entry.uv[sl]
@@ -317,8 +326,10 @@ def _grid_scores_uv(fi, entry, tex, bg, offsets, hw, config, chunk: int = 64) ->
         uv.scatter_(1, flat[..., None].expand(-1, -1, 2), uvs.to(fi.dtype))
         mask.scatter_(1, flat, inside)
         uv, mask = uv[:, :-1].reshape(n, h, w, 2), mask[:, :-1].reshape(n, h, w)
-        out.append(uv_score(fi.expand(n, -1, -1, -1), tex, bg, uv, mask, config.score, config.seam_threshold))
-    return torch.cat(out)
+        terms = uv_terms(fi.expand(n, -1, -1, -1), tex, bg, uv, mask, config.seam_threshold)
+        for k in kinds:
+            out[k].append(combine(*terms, k))
+    return {k: torch.cat(v) for k, v in out.items()}
 
 
 def _masks(feat, bg, texture, mesh, pose, focal, hw, stride, config):

@@ -238,7 +238,7 @@ def search_offsets(features: torch.Tensor, entry: GridFragments, tex: torch.Tens
 
 
 def grid_scores(features: torch.Tensor, bgmap: torch.Tensor, entry: GridFragments, tex: torch.Tensor,
-                offsets: torch.Tensor, score: str = "normalized", chunk: int = 256) -> torch.Tensor:
+                offsets: torch.Tensor, score="normalized", chunk: int = 256):
     """Scores ``(B, G)`` of every grid pose at the given canvas offsets, without gradients.
 
     Args:
@@ -246,8 +246,9 @@ def grid_scores(features: torch.Tensor, bgmap: torch.Tensor, entry: GridFragment
         tex: ``(D, S', S')`` unit (pooled) texture, read at the nearest texel.
         offsets: ``(B, 2)`` (one offset per image) or ``(B, G, 2)`` integer ``(oy, ox)``.
         score: ``"normalized"`` ``Σ_mask relu(o−b)/|mask|`` or ``"nemo"`` ``(Σ_mask relu(o−b) + Σ_off relu(−b))/(hw)``
-            (= ``mean max(o,b) − mean b`` with ``o = 0`` off the mask).
+            (= ``mean max(o,b) − mean b`` with ``o = 0`` off the mask); a tuple of kinds gives a dict kind → ``(B, G)``.
     """
+    kinds = (score,) if isinstance(score, str) else tuple(score)
     b, d, h, w = features.shape
     g = entry.num_poses
     if offsets.dim() == 2:
@@ -258,7 +259,7 @@ def grid_scores(features: torch.Tensor, bgmap: torch.Tensor, entry: GridFragment
     hc, wc = entry.canvas
     tex_idx = nearest_texel(entry.uv, tex.shape[1:])  # (G, M)
     neg_b = torch.relu(-bgmap.reshape(b, -1))
-    out = torch.empty(b, g, dtype=features.dtype)
+    out = {k: torch.empty(b, g, dtype=features.dtype) for k in kinds}
     for s in range(0, g, chunk):
         sl = slice(s, s + chunk)
         rows = entry.pix[sl] // wc
@@ -270,12 +271,13 @@ def grid_scores(features: torch.Tensor, bgmap: torch.Tensor, entry: GridFragment
         o = sim.gather(1, (fpix * s2 + tex_idx[sl][None]).reshape(b, -1)).reshape(fpix.shape)
         bg = bgmap.reshape(b, -1).gather(1, fpix.reshape(b, -1)).reshape(fpix.shape)
         gain = (torch.relu(o - bg) * inside).sum(-1)
-        if score == "normalized":
-            out[:, sl] = gain / inside.sum(-1).clamp(min=1)
-        else:
-            off = neg_b.sum(-1, keepdim=True) - (neg_b.gather(1, fpix.reshape(b, -1)).reshape(fpix.shape) * inside).sum(-1)
-            out[:, sl] = (gain + off) / (h * w)
-    return out
+        for k in kinds:
+            if k == "normalized":
+                out[k][:, sl] = gain / inside.sum(-1).clamp(min=1)
+            else:
+                off = neg_b.sum(-1, keepdim=True) - (neg_b.gather(1, fpix.reshape(b, -1)).reshape(fpix.shape) * inside).sum(-1)
+                out[k][:, sl] = (gain + off) / (h * w)
+    return out[score] if isinstance(score, str) else out
 
 
 def select_hypotheses(scores: torch.Tensor, geodesic: torch.Tensor, n: int, nms_rad: float) -> list[int]:

@@ -24,7 +24,7 @@ __all__ = ["Frags", "fragments"]
 @dataclass
 class Frags:
     """``pix_to_face (B,H,W)`` int64 (-1 off), ``bary (B,H,W,3)``, ``mask (B,H,W)`` bool, ``uv (B,H,W,2)``
-    (0 off the mask) and optionally ``chart (B,H,W)`` int64 (when the rasterizer provides one)."""
+    (0 off the mask) and ``chart (B,H,W)`` int64 (-1 off; None when ``UVMesh`` has no ``face_charts``)."""
 
     pix_to_face: torch.Tensor
     bary: torch.Tensor
@@ -84,7 +84,8 @@ def fragments(mesh: UVMesh, cameras, image_size, verts: torch.Tensor | None = No
         face, bary, mask = fr.pix_to_face, fr.bary, fr.mask
         if face.dim() == 4:  # PyTorch3D layout (B, H, W, 1)
             face, bary = face[..., 0], bary[..., 0, :]
-        chart = getattr(fr, "chart", None)
+        if hasattr(mesh, "face_charts"):
+            chart = torch.where(mask, mesh.face_charts().to(face.device)[face.clamp(min=0)], torch.full_like(face, -1))
     else:
         face, bary, mask, _ = _pytorch3d(mesh, verts, cameras, hw)
     corner_uvs = mesh.verts_uvs.to(face.device)[mesh.faces_uvs.to(face.device)]  # (F, 3, 2)

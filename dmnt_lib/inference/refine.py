@@ -5,7 +5,7 @@ Each hypothesis ``i`` (an image, a category, an init pose) has parameters azimut
 shift in feature pixels and a shape code. All of them go to one Adam (NeMo's lr 0.05, betas (0.4, 0.6))
 with an exponential learning-rate decay to ``lr_final_ratio`` of the start over ``steps``; Adam is
 per-element, so one optimizer over all categories is exactly one optimizer per hypothesis. The loss is
-``−Σ_i score_i`` (+ the shape prior); every step renders each category's hypotheses in one rasterizer
+``−Σ_i objective_i`` (``config.fit_score``; + the shape prior); every step renders each category's hypotheses in one rasterizer
 call. The best-scoring parameters seen (step 0 = the init pose included) are returned, and the loop stops
 early when no hypothesis improved its best score by more than ``tol`` in ``patience`` steps.
 """
@@ -20,7 +20,7 @@ import torch
 from ..camera import pose_to_cameras
 from ..deform import DeformableMesh
 from .raster import fragments
-from .score import image_score, uv_score
+from .score import SCORE_KINDS, combine, image_terms, uv_terms
 
 __all__ = ["Hypotheses", "RefineResult", "refine"]
 
@@ -41,9 +41,11 @@ class Hypotheses:
 
 @dataclass
 class RefineResult:
-    """Per category: best ``azimuth, elevation, theta, distance (P,)``, ``principal (P, 2)`` (feature pixels),
-    ``code (P, Z)`` or None, ``score (P,)`` (best), ``init_score (P,)`` (step 0), ``final_score (P,)`` (last
-    step, not the best), ``trajectory`` list of per-step dicts of ``(P,)`` tensors when recorded; ``steps``."""
+    """Per category, each ``(P,)`` unless noted: the kept (best-objective) ``azimuth, elevation, theta, distance``,
+    ``principal (P, 2)`` feature pixels, ``code (P, Z)`` or None; ``objective`` its fit score (``config.fit_score``),
+    ``init_objective`` at step 0 (the init pose), ``final_objective`` at the last step (Adam's own end point,
+    not the best); ``scores`` kind → ``(P,)`` both scores at the kept pose, ``init_scores`` at the init pose; ``trajectory`` per-step dicts of
+    ``(P,)`` tensors when recorded; ``steps`` run."""
 
     azimuth: torch.Tensor
     elevation: torch.Tensor
@@ -51,9 +53,11 @@ class RefineResult:
     distance: torch.Tensor
     principal: torch.Tensor
     code: torch.Tensor | None
-    score: torch.Tensor
-    init_score: torch.Tensor
-    final_score: torch.Tensor
+    objective: torch.Tensor
+    init_objective: torch.Tensor
+    final_objective: torch.Tensor
+    scores: dict
+    init_scores: dict
     trajectory: list
     steps: int
 
@@ -85,16 +89,17 @@ def _mesh_parts(mesh, fit_shape: bool):
     return mesh, None, None
 
 
-def evaluate_hypotheses(features, bgmap, texture, background, mesh, deformable, params, hw, config, record_maps=False):
-    """Scores ``(P,)`` (differentiable) of hypotheses ``params`` (dict of tensors) for one category."""
+def evaluate_hypotheses(features, bgmap, texture, background, mesh, deformable, params, hw, config):
+    """``(o, b, mask)`` terms (differentiable; see ``score.combine``) and the fragments of hypotheses ``params``
+    (dict of tensors) of one category."""
     cams = pose_to_cameras(params["azimuth"], params["elevation"], params["theta"], params["logd"].exp(), hw,
                            focal=params["focal"], principal=params["principal"] + params["shift"])
     verts = deformable.deformed_verts(params["code"]) if deformable is not None else None
     fr = fragments(mesh, cams, hw, verts=verts, backend=config.backend)
     feats = features[params["image"]]
     if config.compare == "uv":
-        return uv_score(feats, texture, background, fr.uv, fr.mask, config.score, config.seam_threshold, fr.chart), fr
-    return image_score(feats, bgmap[params["image"]], texture, fr.uv, fr.mask, config.score), fr
+        return uv_terms(feats, texture, background, fr.uv, fr.mask, config.seam_threshold, fr.chart), fr
+    return image_terms(feats, bgmap[params["image"]], texture, fr.uv, fr.mask), fr
 
 
 def refine(features, bgmap, background, textures: dict, meshes: dict, hyps: dict, hw, config,
@@ -140,8 +145,9 @@ def refine(features, bgmap, background, textures: dict, meshes: dict, hyps: dict
         for cat, st in state.items():
             p = st["p"]
             with _frozen(st["deformable"]), torch.set_grad_enabled(not last):
-                score, _ = evaluate_hypotheses(features, bgmap, textures[cat], background, st["mesh"], st["deformable"],
+                terms, _ = evaluate_hypotheses(features, bgmap, textures[cat], background, st["mesh"], st["deformable"],
                                                p, hw, config)
+                score = combine(*terms, config.fit_score)
                 loss = -score.sum()
                 if st["deformable"] is not None and config.shape_prior > 0:
                     loss = loss + config.shape_prior * ((p["code"] - st["code0"]) ** 2).sum()
@@ -152,6 +158,7 @@ def refine(features, bgmap, background, textures: dict, meshes: dict, hyps: dict
             snap["code"] = p["code"].detach().clone() if p["code"] is not None else None
             if st["best"] is None:
                 st["init"] = s.clone()
+                st["init_scores"] = {k: combine(*(t.detach() for t in terms), k) for k in SCORE_KINDS}
                 st["best"], st["best_score"] = snap, s.clone()
                 improved = True
             else:
@@ -176,8 +183,12 @@ def refine(features, bgmap, background, textures: dict, meshes: dict, hyps: dict
     out = {}
     for cat, st in state.items():
         b = st["best"]
+        p = dict(st["p"], **{k: v for k, v in b.items()})
+        with torch.no_grad():  # both scores at the kept pose
+            terms, _ = evaluate_hypotheses(features, bgmap, textures[cat], background, st["mesh"], st["deformable"], p, hw, config)
+        scores = {k: combine(*terms, k) for k in SCORE_KINDS}
         out[cat] = RefineResult(
             azimuth=b["azimuth"], elevation=b["elevation"], theta=b["theta"], distance=b["logd"].exp(),
-            principal=st["p"]["principal"] + b["shift"], code=b["code"], score=st["best_score"],
-            init_score=st["init"], final_score=st["last"], trajectory=st["traj"], steps=done)
+            principal=st["p"]["principal"] + b["shift"], code=b["code"], objective=st["best_score"],
+            init_objective=st["init"], final_objective=st["last"], scores=scores, init_scores=st["init_scores"], trajectory=st["traj"], steps=done)
     return out

@@ -7,6 +7,9 @@ background score ``b(p) = max_k <F(p), β_k>`` (``K = 1``: the normalized bank m
   pixel by the background, averaged over the rendered area, so that meshes of different size compare;
 * ``"nemo"``: NeMo's ``mean_p max(o,b) − mean_p b`` over the whole map, ``o = 0`` off the mask.
 
+Inference fits poses with ``config.fit_score`` (default ``"nemo"``, which rewards explaining every object
+pixel) and compares categories with ``config.score`` (default ``"normalized"``); both are reported.
+
 In UV space (``compare="uv"``) the features are moved onto the texture with ``image_to_uv`` and the same
 formulas run over the visible texels (``"nemo"``: divided by the number of texels instead).
 """
@@ -21,7 +24,9 @@ import torch.nn.functional as F
 from ..render import sample_texture
 from ..transform import image_to_uv
 
-__all__ = ["background_map", "image_score", "uv_score", "object_map"]
+SCORE_KINDS = ("normalized", "nemo")
+
+__all__ = ["SCORE_KINDS", "background_map", "object_map", "combine", "image_terms", "uv_terms", "image_score", "uv_score"]
 
 
 def background_map(features: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
@@ -48,9 +53,15 @@ def combine(o: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, kind: str) -> 
     return (gain + off) / m[0].numel()
 
 
+def image_terms(features, bgmap, texture, uv, mask):
+    """``(o, b, mask)`` per pixel for ``combine``; ``features (P,D,h,w)``, ``bgmap (P,h,w)``, ``texture (D,S,S)``,
+    ``uv (P,h,w,2)``, ``mask (P,h,w)``."""
+    return object_map(features, texture, uv, mask), bgmap, mask
+
+
 def image_score(features, bgmap, texture, uv, mask, kind: str) -> torch.Tensor:
-    """Image-space score ``(P,)``; ``features (P,D,h,w)``, ``bgmap (P,h,w)``, ``texture (D,S,S)``, ``uv (P,h,w,2)``."""
-    return combine(object_map(features, texture, uv, mask), bgmap, mask, kind)
+    """Image-space score ``(P,)`` (see ``image_terms``)."""
+    return combine(*image_terms(features, bgmap, texture, uv, mask), kind)
 
 
 def _transform_kwargs() -> dict:
@@ -59,7 +70,12 @@ def _transform_kwargs() -> dict:
 
 
 def uv_score(features, texture, background, uv, mask, kind: str, seam_threshold: float = 0.2, chart=None) -> torch.Tensor:
-    """UV-space score ``(P,)``: ``surface, visible = image_to_uv(F, uv, mask, S)``; per visible texel
+    """UV-space score ``(P,)`` (see ``uv_terms``)."""
+    return combine(*uv_terms(features, texture, background, uv, mask, seam_threshold, chart), kind)
+
+
+def uv_terms(features, texture, background, uv, mask, seam_threshold: float = 0.2, chart=None):
+    """``(o, b, visible)`` per texel for ``combine``: ``surface, visible = image_to_uv(F, uv, mask, S)``;
     ``o = <normalize(surface), θ>``, ``b = max_k <normalize(surface), β_k>``.
 
     ``features (P,D,h,w)``, ``texture (D,S_h,S_w)``, ``background (K,D)``, ``uv (P,h,w,2)``, ``mask (P,h,w)``,
@@ -72,4 +88,4 @@ def uv_score(features, texture, background, uv, mask, kind: str, seam_threshold:
     s = F.normalize(surface, dim=1, eps=1e-8)
     o = (s * texture[None].to(s.dtype)).sum(1)
     b = torch.einsum("bdhw,kd->bkhw", s, background.to(s.dtype)).amax(1)
-    return combine(o * visible, b, visible, kind)
+    return o * visible, b, visible
