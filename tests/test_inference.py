@@ -228,15 +228,21 @@ def test_normalized_and_nemo_scores_both_available(world, three):
             assert a.poses[c]["scores"] == pytest.approx(b.poses[c]["scores"], abs=1e-6)
             s = a.poses[c]["scores"]
             assert a.poses[c]["score"] == s["normalized"] and b.poses[c]["score"] == s["nemo"]
-            # the raw score is at most the normalised one times the rendered fraction of the map (+ off-mask relu(-b))
-            assert 0 <= s["nemo"] and 0 <= s["normalized"] <= 1
+            assert 0 <= s["nemo"] <= 2 and 0 <= s["normalized"] <= 2  # relu(o - b) with o, b in [-1, 1]
 
 
 def test_uv_compare_recovers_pose(world, ten):
+    """The comparison done on the texture (features moved by image_to_uv, gradients through its uv backward).
+    Less precise than image space at feature resolution (grazing faces smear onto many texels), so: all within
+    10° and the median within 3°. In UV space the per-texel (normalized) objective fits; NeMo's, divided by the
+    texture's size, rewards views that show more texels."""
     poses, feats, principal, ims = ten
-    preds = run(world, feats[:4], principal[:4], ["box"], config=CFG.replace(compare="uv", steps=25))
-    errs = [pose_error_deg(p, q) for p, q in zip(preds, poses[:4])]
-    assert sum(e < 5 for e in errs) >= 3, errs
+    preds = run(world, feats[:6], principal[:6], ["box"], config=CFG.replace(compare="uv", fit_score="normalized", steps=25))
+    errs = [pose_error_deg(p, q) for p, q in zip(preds, poses[:6])]
+    assert max(errs) < 10 and sorted(errs)[2] < 3, errs
+    # The per-texel score constrains the scale only weakly (a farther mesh still maps every texel), so the mask
+    # is checked on most, not all, images.
+    assert sum(iou(p.amodal_mask, o.amodal) > 0.85 for p, o in zip(preds, ims[:6])) >= 5
 
 
 def test_fit_shape_optimizes_the_code():

@@ -163,8 +163,9 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
         stride: feature stride ``s``.
         center: ``"known"`` or ``"search"`` (a 2D shift of the rendered maps by correlation, then refined).
         config: ``InferenceConfig`` (default: the recommended one).
-        include: optional per-image list of categories refined in addition to the ``top_k`` (e.g. the
-            ground-truth category, for the PASCAL3D+ pose protocol).
+        include: optional per-image category (or list) refined in addition to the ``top_k``, for its pose in
+            ``Prediction.poses`` (e.g. the ground-truth category, for the PASCAL3D+ pose protocol); it never
+            enters the classification, which is the argmax over the ``top_k`` categories only.
         cache: the grid-fragment cache (default: the module-wide ``GRID_CACHE``); ``GridCache(0)``-like
             fresh caches give the uncached path.
         record: keep the refinement trajectory in ``Prediction.trajectory``.
@@ -223,11 +224,12 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
     picks = {cat: [select_hypotheses(init[cat]["fit"][i], init[cat]["entries"][i].geodesic, config.hypotheses,
                                      math.radians(config.nms_deg)) for i in range(b)] for cat in cats}
     best_init = torch.tensor([[float(init[c]["cls"][i, picks[c][i]].max()) for c in cats] for i in range(b)])  # (B, C)
-    chosen = []
+    chosen, topk = [], []  # refined categories; the top-k among them (only these compete for the class)
     hyps: dict[str, dict[str, list]] = {}
     for i in range(b):
         order = torch.argsort(best_init[i], descending=True).tolist()
         sel = [cats[j] for j in order[: config.top_k]]
+        topk.append(list(sel))
         inc = [] if include is None or include[i] is None else [include[i]] if isinstance(include[i], str) else list(include[i])
         sel += [c for c in inc if c not in sel]
         chosen.append(sel)
@@ -284,7 +286,7 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
                               "refined": False, "code": None}
             scores[cat] = poses[cat]["score"]
         refined = [c for c in cats if c in chosen[i]]
-        best = max(refined, key=lambda c: scores[c])
+        best = max(topk[i], key=lambda c: scores[c])  # `include`d categories never enter the classification
         amodal, visible = _masks(features[i], bg, textures[best], meshes[best], poses[best], float(focal_px[i]),
                                  (H, W), stride, config)
         traj = None
