@@ -312,3 +312,94 @@ class TestBadInputs:
             InferenceConfig(score="best")
         with pytest.raises(ValueError, match="config.top_k"):
             InferenceConfig(top_k=0)
+
+
+def test_include_is_refined_but_never_classifies(world, three):
+    feats, principal, truth, _ = three
+    cats = list(SHAPES)
+    other = [cats[(cats.index(t) + 1) % 3] for t in truth]
+    base = run(world, feats, principal, cats, config=CFG.replace(top_k=1))
+    inc = run(world, feats, principal, cats, config=CFG.replace(top_k=1), include=other)
+    for a, b, o in zip(base, inc, other):
+        assert b.category == a.category and len(a.refined) == 1 and set(b.refined) == {a.category, o}
+        assert b.poses[o]["refined"] and not a.poses[o]["refined"]
+
+
+# --------------------------------------------------------------------------- the evaluation predictor
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny trained DMNT run (2 categories, 64 px images, a few epochs) and an L0+L1 test set."""
+    model_mod = pytest.importorskip("dmnt_lib.model", reason="dmnt_lib.model (the training issue) is not in this checkout")
+    pytest.importorskip("dmnt_lib.evaluate", reason="dmnt_lib.evaluate (the evaluation issue) is not in this checkout")
+    from dmnt_lib.data import generate_dataset
+    from dmnt_lib.deform import FitConfig, fit_category, load_cad_models
+    from dmnt_lib.model.train import TrainConfig, train
+
+    cats = ["car", "chair"]
+    root = tmp_path_factory.mktemp("infer_eval")
+    generate_dataset(root / "train", 6, levels=(0,), seed=0, image_size=64, categories=cats, progress=False)
+    generate_dataset(root / "test", 2, levels=(0, 1), seed=1, image_size=64, categories=cats, progress=False)
+    cfg = FitConfig.quick(steps=4, template_verts=200, hidden=32, depth=2, skip=(), num_samples=200, models_per_step=0,
+                          silhouette_batch=0, checkpoint_every=4)
+    for c in cats:
+        fit_category(load_cad_models(root / "train", c), cfg, checkpoint=root / "deform" / f"{c}.pt", category=c, progress=False)
+    tcfg = TrainConfig(epochs=2, batch_size=4, lr=2e-3, val_per_category=1, positives=150, com=150, com_min_distance=4.0,
+                       class_negatives=30, bg=100, bank_push=16, eval_texels=150)
+    train(root / "train", root / "deform", root / "run", tcfg, model_mod.ModelConfig(dim=16, texture_size=32, bank_size=256),
+          progress=False, echo=lambda *_: None, evaluate=False)
+    return root / "run", root / "test"
+
+
+@pytest.mark.slow
+def test_evaluate_writes_results_and_resumes(tiny_run, monkeypatch):
+    from dmnt_lib import evaluate as ev
+    from dmnt_lib.inference import evaluate as dmnt_eval
+
+    run_dir, test = tiny_run
+    calls = []
+    real = dmnt_eval.DMNTPredictor.predict
+
+    def counting(self, batch):
+        calls.append([s["id"] for s in batch])
+        return real(self, batch)
+
+    monkeypatch.setattr(dmnt_eval.DMNTPredictor, "predict", counting)
+    res = ev.evaluate_run(run_dir, test, levels=(0, 1), per_category=2, quick=True, progress=False, echo=None, center="known")
+    assert res["method"] == "dmnt" and res["config"]["center"] == "known" and "inference" in res["config"]
+    for level in ("0", "1"):
+        row = res["levels"][level]
+        for key in ("n", "acc_pi6", "acc_pi18", "median_deg", "cls_acc", "miou", "acc_pi6_pred_cls"):
+            assert key in row and row[key] is not None and math.isfinite(row[key]), (level, key, row)
+        assert row["n"] == 4 and 0 <= row["miou"] <= 1
+    out = next((run_dir / "eval").iterdir())
+    assert (out / "results.json").is_file() and (out / "predictions.jsonl").is_file()
+    n_calls = len(calls)
+    assert n_calls == 8  # one image per call
+    # A second call finds every image done: nothing is predicted again, the same results come back.
+    again = ev.evaluate_run(run_dir, test, levels=(0, 1), per_category=2, quick=True, progress=False, echo=None, center="known")
+    assert len(calls) == n_calls and again["levels"] == res["levels"]
+    # An interrupted run (last two lines lost) redoes only those.
+    lines = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
+    (out / "predictions.jsonl").write_text("".join(lines[:-2]))
+    ev.evaluate_run(run_dir, test, levels=(0, 1), per_category=2, quick=True, progress=False, echo=None, center="known")
+    assert len(calls) == n_calls + 2
+
+
+def test_predictor_output_fields(tiny_run):
+    from dmnt_lib.data import PoseDataset
+    from dmnt_lib.inference.evaluate import load_predictor
+
+    run_dir, test = tiny_run
+    pred = load_predictor(run_dir, "cpu", {"quick": True, "center": "search"})
+    ds = PoseDataset(test, None, (1,))
+    items = [ds[i] for i in range(2)]
+    out = pred.predict([{k: it[k] for k in ("id", "level", "category", "image", "focal", "principal")} for it in items])
+    for o, it in zip(out, items):
+        assert o["category"] in ("car", "chair") and set(o["scores"]) == {"car", "chair"}
+        assert len(o["pose"]) == 3 and len(o["pose_gt_category"]) == 3 and o["detected"] is True
+        assert o["amodal_mask"].shape == tuple(it["image"].shape[-2:]) and o["amodal_mask"].dtype == bool
+        assert o["time_s"] > 0 and set(o["timings"]) >= {"backbone", "init", "refine", "masks"}
+    with pytest.raises(FileNotFoundError, match="model.pt"):
+        load_predictor(run_dir.parent, "cpu", {})
