@@ -62,7 +62,8 @@ def oracle_features(texture: torch.Tensor, mesh: UVMesh, pose: dict, focal: floa
         background: ``(K, D)``; pixels off the object get ``β_k + noise`` (a random ``k`` per pixel).
         noise: norm of the isotropic noise added to every feature before normalizing.
         occlude: fraction of the object's feature pixels replaced by background-like features — the object's
-            pixels left of the column that splits them in this proportion (a contiguous occluder).
+            pixels left of the column that splits them in this proportion (a contiguous occluder covering the
+            image columns left of that feature column).
         seed: seeds the noise.
     """
     H, W = image_size
@@ -78,14 +79,16 @@ def oracle_features(texture: torch.Tensor, mesh: UVMesh, pose: dict, focal: floa
         bgf = background[k].permute(2, 0, 1)[None]
         mask = fr.mask[0]
         occ = torch.zeros(h, w, dtype=torch.bool)
+        cut = 0
         if occlude > 0 and mask.any():
             cols = mask.nonzero()[:, 1].sort().values
-            cut = cols[min(int(occlude * len(cols)), len(cols) - 1)]
+            cut = int(cols[min(int(occlude * len(cols)), len(cols) - 1)])
             occ = mask & (torch.arange(w)[None] < cut)
         use_obj = mask & ~occ
         x = torch.where(use_obj[None, None], obj, bgf)
         feats = F.normalize(x + _noise_like(x, noise, g), dim=1)
         cams_img = pose_to_cameras(*args, (H, W), focal=focal, principal=pp)
         amodal = fragments(mesh, cams_img, (H, W)).mask[0]
-        occ_img = occ.repeat_interleave(stride, 0).repeat_interleave(stride, 1)
+        # The occluder covers the image columns left of the cut (feature column `cut` starts at x = cut * stride).
+        occ_img = amodal & (torch.arange(W)[None] < cut * stride)
     return OracleImage(features=feats, mask=mask, occluded=occ, amodal=amodal, visible=amodal & ~occ_img)

@@ -172,7 +172,8 @@ def refine(features, bgmap, background, textures: dict, meshes: dict, hyps: dict
                 st["best_score"] = torch.maximum(st["best_score"], s)
             st["last"] = s
             if record:
-                st["traj"].append({**{k: v.clone() for k, v in snap.items() if v is not None}, "score": s.clone()})
+                st["traj"].append({**{k: v.clone() for k, v in snap.items() if v is not None}, "score": s.clone(),
+                                   "principal": (p["principal"] + snap["shift"]).clone()})
         done = step
         since_improved = 0 if improved else since_improved + 1
         if last or since_improved >= config.patience:
