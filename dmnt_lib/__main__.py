@@ -1,4 +1,4 @@
-"""Command line: ``python -m dmnt_lib {demo,data,deform,bench} ...`` (each has ``--help``)."""
+"""Command line: ``python -m dmnt_lib {demo,data,deform,evaluate,baseline,bench} ...`` (each has ``--help``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 DEMO_STAGES = ["uv_fragment", "transform", "data", "deformation"]
 
 # Subcommands that live in their own modules: each has add_parser(subparsers) and run(args).
-_SUBCOMMAND_MODULES = ["dmnt_lib.data.cli", "dmnt_lib.deform_cli"]
+_SUBCOMMAND_MODULES = ["dmnt_lib.data.cli", "dmnt_lib.deform_cli", "dmnt_lib.evaluate", "dmnt_lib.baseline.cli"]
 
 
 def _default_cache() -> Path:

@@ -153,6 +153,12 @@ def _cases(size, device: torch.device, seed: int) -> tuple[list[Case], dict]:
     else:
         print(f"[bench] {kind} kernel unavailable, skipped", file=sys.stderr)
         out = None
+    # The public op as users call it (backend="auto"; validate=True checks the data and warns on
+    # overflow, which needs host syncs) and as hot loops call it (validate=False).
+    from .transform import image_to_uv
+
+    for name, validate in (("api", True), ("api_noval", False)):
+        cases.append(autograd_pair(name, lambda f, g, v=validate: image_to_uv(f, g, mask, s, validate=v)[0]))
     if out is not None:
         grid = gather_grid(out[3], out[4], out[1], h, w)
 
@@ -260,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(sizes, repeats, devices, seed=args.seed)
     print(format_table(rows))
     print("fwd/grid, f+b/grid: time relative to F.grid_sample producing the same surface; "
-          "vs ref f+b: speed-up over the NumPy reference (1 round); n: timed rounds.")
+          "vs ref f+b: speed-up over the NumPy reference (1 round); n: timed rounds; "
+          "api: the public image_to_uv (backend='auto', validate=True); api_noval: the same with validate=False.")
     return 0
 
 

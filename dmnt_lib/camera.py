@@ -26,6 +26,8 @@ from typing import Sequence
 
 import torch
 
+from .sizes import size_hw
+
 __all__ = [
     "camera_center",
     "pose_to_rotation",
@@ -110,17 +112,8 @@ def pose_to_RT(azimuth, elevation, theta, distance) -> tuple[torch.Tensor, torch
     return R, T
 
 
-def _image_hw(image_size) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        h = w = image_size
-    else:
-        try:
-            h, w = (int(s) for s in image_size)
-        except (TypeError, ValueError):
-            raise ValueError(f"image_size must be an int or (H, W), got {image_size!r}") from None
-    if h <= 0 or w <= 0:
-        raise ValueError(f"image_size must be positive, got {(h, w)}")
-    return h, w
+def _image_hw(image_size) -> tuple[int, int]:  # kept for callers not yet moved to sizes.size_hw
+    return size_hw(image_size, "image_size")
 
 
 def pose_to_cameras(
@@ -150,7 +143,7 @@ def pose_to_cameras(
     """
     from pytorch3d.renderer import PerspectiveCameras
 
-    h, w = _image_hw(image_size)
+    h, w = size_hw(image_size, "image_size")
     R, T = pose_to_RT(azimuth, elevation, theta, distance)
     b = R.shape[0]
     f = _as_batch("focal", focal)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -31,6 +31,8 @@ __all__ = [
     "UVMesh",
     "read_off",
     "write_off",
+    "z_up_to_y_up",
+    "y_up_to_z_up",
     "cuboid_template",
     "uv_sphere",
     "atomic_write_text",
@@ -42,7 +44,8 @@ class UVMesh:
     """A triangle mesh with a UV atlas.
 
     Attributes:
-        verts: ``(V, 3)`` float, vertex positions (object frame, y up).
+        verts: ``(V, 3)`` float, vertex positions (object frame, y up); or ``(B, V, 3)``, one
+            shape per camera (e.g. deformed meshes), which ``render``/``raster`` draw camera by camera.
         faces: ``(F, 3)`` int64, indices into ``verts``; counter-clockwise seen from outside.
         verts_uvs: ``(T, 2)`` float in ``[0, 1]``, UV coordinates ``(u, v)``.
         faces_uvs: ``(F, 3)`` int64, indices into ``verts_uvs``, corner-for-corner with ``faces``.
@@ -52,9 +55,14 @@ class UVMesh:
     faces: torch.Tensor
     verts_uvs: torch.Tensor
     faces_uvs: torch.Tensor
+    # Topology-derived caches (``face_charts``), shared by meshes made with ``with_verts``/``to``.
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _check_array("verts", self.verts, last_dim=3, floating=True)
+        if isinstance(self.verts, torch.Tensor) and self.verts.dim() == 3:
+            _check_array("verts", self.verts[0], last_dim=3, floating=True)
+        else:
+            _check_array("verts", self.verts, last_dim=3, floating=True)
         _check_array("faces", self.faces, last_dim=3, floating=False)
         _check_array("verts_uvs", self.verts_uvs, last_dim=2, floating=True)
         _check_array("faces_uvs", self.faces_uvs, last_dim=3, floating=False)
@@ -63,7 +71,7 @@ class UVMesh:
                 f"faces_uvs must have the same shape as faces, got {tuple(self.faces_uvs.shape)} "
                 f"vs {tuple(self.faces.shape)}"
             )
-        _check_indices("faces", self.faces, len(self.verts))
+        _check_indices("faces", self.faces, self.verts.shape[-2])
         _check_indices("faces_uvs", self.faces_uvs, len(self.verts_uvs))
         if not torch.isfinite(self.verts).all():
             raise ValueError("verts contains NaN or inf")
@@ -76,7 +84,12 @@ class UVMesh:
 
     @property
     def num_verts(self) -> int:
-        return int(self.verts.shape[0])
+        return int(self.verts.shape[-2])
+
+    @property
+    def batch_size(self) -> int | None:
+        """``B`` for per-camera vertices ``(B, V, 3)``, ``None`` for one shape ``(V, 3)``."""
+        return int(self.verts.shape[0]) if self.verts.dim() == 3 else None
 
     @property
     def num_faces(self) -> int:
@@ -87,13 +100,34 @@ class UVMesh:
         return self.verts.device
 
     def to(self, device: torch.device | str) -> "UVMesh":
-        return UVMesh(*(t.to(device) for t in (self.verts, self.faces, self.verts_uvs, self.faces_uvs)))
+        return UVMesh(*(t.to(device) for t in (self.verts, self.faces, self.verts_uvs, self.faces_uvs)), _cache=self._cache)
 
     def with_verts(self, verts: torch.Tensor) -> "UVMesh":
-        """The same topology and UV atlas with new vertex positions ``(V, 3)`` (e.g. a deformed mesh)."""
-        if verts.shape != self.verts.shape:
-            raise ValueError(f"verts must have shape {tuple(self.verts.shape)}, got {tuple(verts.shape)}")
-        return UVMesh(verts, self.faces, self.verts_uvs, self.faces_uvs)
+        """The same topology and UV atlas with new vertex positions: ``(V, 3)`` (e.g. a deformed
+        mesh) or ``(B, V, 3)`` (one shape per camera)."""
+        if not isinstance(verts, torch.Tensor) or verts.dim() not in (2, 3) or tuple(verts.shape[-2:]) != (self.num_verts, 3):
+            raise ValueError(f"verts must have shape ({self.num_verts}, 3) or (B, {self.num_verts}, 3), got {tuple(getattr(verts, 'shape', ()))}")
+        return UVMesh(verts, self.faces, self.verts_uvs, self.faces_uvs, _cache=self._cache)
+
+    def face_charts(self) -> torch.Tensor:
+        """UV chart of every face, ``(F,)`` int64 on ``faces_uvs``' device.
+
+        Charts are the connected components of the UV triangulation: two faces are in the same
+        chart when they share a UV vertex index in ``faces_uvs`` (so a seam, where the UV vertices
+        are duplicated, separates charts). Numbered ``0..K-1`` in order of their first face.
+        The cuboid template gives its six sides, the UV sphere one chart. Cached per topology
+        (hot loops call it for every render).
+        """
+        key = ("face_charts", self.faces_uvs.device)
+        charts = self._cache.get(key)
+        if charts is None:
+            cpu = self._cache.get(("face_charts", torch.device("cpu")))
+            if cpu is None:
+                cpu = _face_charts(self.faces_uvs.detach().cpu(), len(self.verts_uvs))
+                self._cache[("face_charts", torch.device("cpu"))] = cpu
+            charts = cpu.to(self.faces_uvs.device)
+            self._cache[key] = charts
+        return charts
 
     def seam_edges(self) -> torch.Tensor:
         """3D edges ``(E, 2)`` (sorted vertex pairs) along which the UV atlas is cut."""
@@ -119,7 +153,39 @@ class UVMesh:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         verts = self.verts.float()
+        if verts.dim() == 3:
+            if batch_size not in (1, len(verts)):
+                raise ValueError(f"batch_size must be {len(verts)} for per-camera vertices, got {batch_size}")
+            return Meshes(verts=list(verts), faces=[self.faces] * len(verts))
         return Meshes(verts=[verts] * batch_size, faces=[self.faces] * batch_size)
+
+
+def _face_charts(faces_uvs: torch.Tensor, n_uv: int) -> torch.Tensor:
+    """Connected components of faces linked through shared UV vertices (union-find, numpy)."""
+    import numpy as np
+
+    f = faces_uvs.numpy()
+    n_faces = len(f)
+    # Each UV vertex points at the first face using it; then faces sharing a UV vertex are joined
+    # by repeated pointer jumping on the (face -> min linked face) labels until nothing changes.
+    label = np.arange(n_faces)
+    if n_faces == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    corner_face = np.repeat(np.arange(n_faces), 3)
+    corner_uv = f.reshape(-1)
+    while True:
+        uv_min = np.full(n_uv, n_faces, dtype=np.int64)
+        np.minimum.at(uv_min, corner_uv, label[corner_face])
+        new = label.copy()
+        np.minimum.at(new, corner_face, uv_min[corner_uv])
+        new = new[new]  # pointer jumping: follow labels to their own labels
+        if np.array_equal(new, label):
+            break
+        label = new
+    # Renumber components 0..K-1 in order of their first face.
+    _, first, inverse = np.unique(label, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))
+    return torch.from_numpy(order[inverse].astype(np.int64))
 
 
 def _check_array(name: str, t: torch.Tensor, last_dim: int, floating: bool) -> None:
@@ -139,6 +205,23 @@ def _check_indices(name: str, idx: torch.Tensor, n: int) -> None:
 
 
 # --------------------------------------------------------------------------- OFF files
+
+
+def z_up_to_y_up(verts: torch.Tensor) -> torch.Tensor:
+    """PASCAL3D+'s on-disk CAD frame (z up) to ours (y up): ``(x, y, z) → (x, z, −y)``.
+
+    The conversion NeMo applies to every CAD vertex (``pre_process_mesh_pascal``); a proper
+    rotation (det +1), so face winding is kept, and exact in floating point (a permutation and a
+    negation). ``verts (V, 3)`` → ``(V, 3)``, same dtype.
+    """
+    verts = torch.as_tensor(verts)
+    return torch.stack([verts[:, 0], verts[:, 2], -verts[:, 1]], dim=1)
+
+
+def y_up_to_z_up(verts: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``z_up_to_y_up``: ``(x, y, z) → (x, −z, y)``; ``(V, 3)`` → ``(V, 3)``."""
+    verts = torch.as_tensor(verts)
+    return torch.stack([verts[:, 0], -verts[:, 2], verts[:, 1]], dim=1)
 
 
 def write_off(path: str | os.PathLike, verts: torch.Tensor, faces: torch.Tensor) -> None:
@@ -162,8 +245,12 @@ def write_off(path: str | os.PathLike, verts: torch.Tensor, faces: torch.Tensor)
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def read_off(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+def read_off(path: str | os.PathLike, z_up: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Read a PASCAL3D+ ``.off`` file.
+
+    ``z_up=True``: the file is in PASCAL3D+'s on-disk frame (z up), as every real PASCAL3D+ CAD
+    file and every ``CAD/`` folder the data generator writes are; the vertices are returned in
+    ours (y up) through ``z_up_to_y_up``. ``z_up=False`` returns them as stored.
 
     Accepts the header either on its own line (``OFF`` then ``nV nF nE``) or fused
     (``OFFnV nF nE``, as in some PASCAL3D+ files); ``#`` comments and blank lines are
@@ -176,6 +263,8 @@ def read_off(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is not a well-formed OFF file (the message says where).
     """
+    if not isinstance(z_up, bool):
+        raise TypeError(f"z_up must be a bool, got {type(z_up).__name__}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"OFF file not found: {path}")
@@ -227,7 +316,7 @@ def read_off(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
     v = torch.tensor(verts, dtype=torch.float32).reshape(-1, 3)
     if not torch.isfinite(v).all():
         raise ValueError(f"{path}: vertex coordinates contain NaN or inf")
-    return v, torch.tensor(faces, dtype=torch.int64).reshape(-1, 3)
+    return (z_up_to_y_up(v) if z_up else v), torch.tensor(faces, dtype=torch.int64).reshape(-1, 3)
 
 
 # --------------------------------------------------------------------------- templates

@@ -1,11 +1,12 @@
 """Rasterization → UV fragment, texture sampling, and mask/feature rendering.
 
-The **UV fragment** (appendix A.1) is the per-pixel texture coordinate of a rendered mesh:
-PyTorch3D rasterizes one face per pixel (no blur), and the UVs of that face's three corners
-(looked up through ``faces_uvs``, so seams are exact) are interpolated with the rasterizer's
-perspective-correct barycentric weights — the same interpolation ``TexturesUV`` does.
+The **UV fragment** (appendix A.1) is the per-pixel texture coordinate of a rendered mesh: a
+rasterizer (``raster.rasterize``: Embree ray casting on CPU, PyTorch3D on CUDA; docs/design.md §7)
+finds one face per pixel (no blur), and the UVs of that face's three corners (looked up through
+``faces_uvs``, so seams are exact) are interpolated with the perspective-correct barycentric
+weights — the same interpolation PyTorch3D's ``TexturesUV`` does.
 
-``sample_texture`` is the one way texture is read in this project (DESIGN.md §3): bilinear
+``sample_texture`` is the one way texture is read in this project (docs/design.md §3): bilinear
 ``F.grid_sample(texture, 2*uv - 1, align_corners=False)``, so texel ``(i, j)`` has its centre at
 ``u = (j + 0.5)/S_w``, ``v = (i + 0.5)/S_h`` and ``v = 0`` is row 0.
 """
@@ -17,10 +18,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .camera import _image_hw
 from .mesh import UVMesh
+from .raster import Fragments, rasterize, visibility
 
-__all__ = ["UVFragment", "rasterize", "uv_fragment", "sample_texture", "render_mask", "render_texture"]
+__all__ = ["Fragments", "UVFragment", "rasterize", "uv_fragment", "sample_texture", "render_mask", "render_texture"]
 
 
 @dataclass
@@ -33,6 +34,7 @@ class UVFragment:
         pix_to_face: ``(B, H, W)`` int64 face index *within the mesh* (``0..F-1``), -1 off the mask.
         bary: ``(B, H, W, 3)`` float32 perspective-correct barycentric weights; 0 off the mask.
         zbuf: ``(B, H, W)`` float32 view-space depth; -1 off the mask.
+        chart: ``(B, H, W)`` int64 UV chart of the pixel's face (``mesh.face_charts()``), -1 off.
     """
 
     uv: torch.Tensor
@@ -40,58 +42,32 @@ class UVFragment:
     pix_to_face: torch.Tensor
     bary: torch.Tensor
     zbuf: torch.Tensor
+    chart: torch.Tensor
 
 
-def _check_mesh_cameras(mesh, cameras) -> int:
-    if not isinstance(mesh, UVMesh):
-        raise TypeError(f"mesh must be a dmnt_lib.mesh.UVMesh, got {type(mesh).__name__}")
-    if not hasattr(cameras, "get_world_to_view_transform"):
-        raise TypeError(f"cameras must be PyTorch3D cameras (see camera.pose_to_cameras), got {type(cameras).__name__}")
-    return len(cameras)
-
-
-def rasterize(mesh: UVMesh, cameras, image_size):
-    """Rasterize ``mesh`` once per camera: PyTorch3D fragments with one face per pixel, no blur.
-
-    Args:
-        mesh: a ``UVMesh`` (one mesh, drawn for every camera).
-        cameras: PyTorch3D cameras, batch ``B`` (``camera.pose_to_cameras``).
-        image_size: ``H`` or ``(H, W)``.
-
-    Returns:
-        PyTorch3D ``Fragments`` (``pix_to_face`` packed over the batch, ``(B, H, W, 1)``).
-    """
-    from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
-
-    b = _check_mesh_cameras(mesh, cameras)
-    h, w = _image_hw(image_size)
-    settings = RasterizationSettings(image_size=(h, w), blur_radius=0.0, faces_per_pixel=1, bin_size=0)
-    meshes = mesh.to(cameras.device).to_meshes(b)
-    return MeshRasterizer(cameras=cameras, raster_settings=settings)(meshes)
-
-
-def uv_fragment(mesh: UVMesh, cameras, image_size) -> UVFragment:
+def uv_fragment(mesh: UVMesh, cameras, image_size, backend: str = "auto") -> UVFragment:
     """The UV fragment of ``mesh`` seen by each camera.
 
     Args:
-        mesh: ``UVMesh`` with ``F`` faces.
+        mesh: ``UVMesh`` with ``F`` faces; ``verts (V, 3)`` or ``(B, V, 3)`` (one shape per camera).
         cameras: PyTorch3D cameras, batch ``B``.
         image_size: ``H`` or ``(H, W)``.
+        backend: ``raster.rasterize``'s: ``"auto"``, ``"embree"`` or ``"pytorch3d"``.
 
     Returns:
-        ``UVFragment`` with ``uv (B, H, W, 2)``, ``mask (B, H, W)``, ``pix_to_face``, ``bary``, ``zbuf``.
+        ``UVFragment`` with ``uv (B, H, W, 2)``, ``mask``, ``pix_to_face``, ``bary``, ``zbuf``,
+        ``chart``; ``uv`` is differentiable in the vertices and camera parameters.
     """
-    frags = rasterize(mesh, cameras, image_size)
-    n_faces = mesh.num_faces
-    packed = frags.pix_to_face[..., 0]
-    mask = packed >= 0
-    face = torch.where(mask, packed % n_faces, torch.full_like(packed, -1))
-    bary = torch.where(mask[..., None], frags.bary_coords[..., 0, :], torch.zeros_like(frags.bary_coords[..., 0, :]))
-    corner_uvs = mesh.verts_uvs.to(packed.device)[mesh.faces_uvs.to(packed.device)]  # (F, 3, 2)
-    uv = (bary[..., :, None] * corner_uvs[face.clamp(min=0)]).sum(-2)
+    frags = rasterize(mesh, cameras, image_size, backend=backend)
+    mask, face = frags.mask, frags.pix_to_face
+    device = face.device
+    safe = face.clamp(min=0)
+    corner_uvs = mesh.verts_uvs.to(device)[mesh.faces_uvs.to(device)]  # (F, 3, 2)
+    uv = (frags.bary[..., :, None] * corner_uvs[safe].to(frags.bary.dtype)).sum(-2)
     # Perspective-correct barycentrics can leave [0, 1] by a rounding error at face edges.
     uv = torch.where(mask[..., None], uv.clamp(0, 1), torch.zeros_like(uv))
-    return UVFragment(uv=uv, mask=mask, pix_to_face=face, bary=bary, zbuf=frags.zbuf[..., 0])
+    chart = torch.where(mask, mesh.face_charts().to(device)[safe], torch.full_like(face, -1))
+    return UVFragment(uv=uv, mask=mask, pix_to_face=face, bary=frags.bary, zbuf=frags.zbuf, chart=chart)
 
 
 def sample_texture(texture: torch.Tensor, uv: torch.Tensor, mask: torch.Tensor | None = None, padding_mode: str = "zeros") -> torch.Tensor:
@@ -125,16 +101,18 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor, mask: torch.Tensor |
     return out
 
 
-def render_mask(mesh: UVMesh, cameras, image_size) -> torch.Tensor:
-    """Silhouette ``(B, H, W)`` bool: pixels covered by the mesh."""
-    return rasterize(mesh, cameras, image_size).pix_to_face[..., 0] >= 0
+def render_mask(mesh: UVMesh, cameras, image_size, backend: str = "auto") -> torch.Tensor:
+    """Silhouette ``(B, H, W)`` bool: pixels covered by the mesh (``backend`` as in ``rasterize``)."""
+    return visibility(mesh, cameras, image_size, backend=backend) >= 0
 
 
-def render_texture(mesh: UVMesh, texture: torch.Tensor, cameras, image_size) -> tuple[torch.Tensor, torch.Tensor]:
+def render_texture(mesh: UVMesh, texture: torch.Tensor, cameras, image_size, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Render a (neural) texture through the mesh: ``(B, C, H, W)`` features and the ``(B, H, W)`` mask.
 
     Args:
-        texture: ``(1 or B, C, S_h, S_w)``; gradients flow to it.
+        texture: ``(1 or B, C, S_h, S_w)``; gradients flow to it (and, through the UVs, to the
+            vertices and cameras).
+        backend: as in ``rasterize``.
     """
-    frag = uv_fragment(mesh, cameras, image_size)
+    frag = uv_fragment(mesh, cameras, image_size, backend=backend)
     return sample_texture(texture, frag.uv, frag.mask), frag.mask

@@ -28,16 +28,33 @@ def checkerboard(size: int | tuple[int, int], squares: int = 8, colored: bool = 
     return (0.35 + 0.65 * base * (0.4 + 0.6 * checks))[None]
 
 
-def uv_seam_pixels(uv: torch.Tensor, mask: torch.Tensor, threshold: float = 0.2) -> torch.Tensor:
-    """``(B, H, W)`` bool: on-mask pixels whose right or lower on-mask neighbour jumps by more than
-    ``threshold`` in ``u`` or ``v`` — where the UV fragment crosses a seam of the atlas (the same
-    test the image→UV transform uses to skip quads)."""
-    jump = torch.zeros_like(mask)
-    du = (uv[:, :, 1:] - uv[:, :, :-1]).abs().amax(-1) > threshold
-    dv = (uv[:, 1:] - uv[:, :-1]).abs().amax(-1) > threshold
-    jump[:, :, :-1] |= du & mask[:, :, 1:] & mask[:, :, :-1]
-    jump[:, :-1] |= dv & mask[:, 1:] & mask[:, :-1]
-    return jump
+def uv_seam_pixels(uv: torch.Tensor, mask: torch.Tensor, threshold: float = 0.2, chart: torch.Tensor | None = None) -> torch.Tensor:
+    """Pixels where the UV fragment crosses a seam, by the image→UV transform's own rules.
+
+    A 2x2 block of on-mask pixels is a seam block when ``image_to_uv`` skips it as a seam: its ``u`` or ``v``
+    extent exceeds ``threshold`` (rule 2 (b)) or, with ``chart``, its four pixels are not on one chart
+    (rule 2 (d)). Convexity (rule 2 (c)) is not a seam test and is not applied.
+
+    Args:
+        uv: ``(B, H, W, 2)`` texture coordinates; mask: ``(B, H, W)`` bool.
+        threshold: the transform's ``seam_threshold``.
+        chart: optional ``(B, H, W)`` integer per-pixel chart id (``uv_fragment(...).chart``).
+
+    Returns:
+        ``(B, H, W)`` bool: the four pixels of every seam block.
+    """
+    from .transform.torch_impl import quad_cross_chart, quad_on_mask, quad_seam
+
+    seam = quad_seam(uv, threshold)
+    if chart is not None:
+        seam = seam | quad_cross_chart(chart)
+    seam = seam & quad_on_mask(mask)  # (B, H-1, W-1)
+    out = torch.zeros_like(mask)
+    out[:, :-1, :-1] |= seam
+    out[:, :-1, 1:] |= seam
+    out[:, 1:, 1:] |= seam
+    out[:, 1:, :-1] |= seam
+    return out
 
 
 def uv_to_rgb(uv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

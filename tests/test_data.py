@@ -1,6 +1,7 @@
 """Synthetic PASCAL3D+-style data: CAD models, scenes, occlusion levels, format, loader, CLI."""
 
 import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -22,9 +23,9 @@ from dmnt_lib.data.viz import demo
 from dmnt_lib.data.dataset import PoseDataset
 from dmnt_lib.data.occlusion import LEVEL_RANGES, OcclusionError, place_occluders
 from dmnt_lib.data.pascal3d import Pascal3D, read_annotation
-from dmnt_lib.data.shapes import CATEGORIES, NUM_CAD_MODELS, cad_model, cad_models, signed_volume, write_cad_library
+from dmnt_lib.data.shapes import CATEGORIES, MATERIALS, NUM_CAD_MODELS, cad_model, cad_models, signed_volume, write_cad_library
 from dmnt_lib.data.synthetic import MARKER, SceneConfig, generate_dataset
-from dmnt_lib.mesh import UVMesh, read_off
+from dmnt_lib.mesh import UVMesh, read_off, write_off, y_up_to_z_up
 from dmnt_lib.render import render_mask
 
 CATS = ("car", "chair")
@@ -87,9 +88,11 @@ def test_cad_models_are_deterministic_and_roundtrip_through_off(tmp_path):
     paths = write_cad_library(tmp_path, ["bottle"])
     assert [p.name for p in paths] == [f"{i:02d}.off" for i in range(1, NUM_CAD_MODELS["bottle"] + 1)]
     for p, m in zip(paths, cad_models("bottle")):
-        v, f = read_off(p)
-        assert torch.equal(f, m.faces)
-        torch.testing.assert_close(v, m.verts, atol=1e-7, rtol=0)
+        v, f = read_off(p, z_up=True)  # the files are in PASCAL3D+'s on-disk frame (z up) ...
+        assert torch.equal(f, m.faces) and torch.equal(v, m.verts)  # ... and come back exactly
+        raw, _ = read_off(p)
+        assert torch.equal(raw, y_up_to_z_up(m.verts))  # z up on disk: what was our y is the file's z
+        assert torch.equal(raw[:, 2], m.verts[:, 1]) and torch.equal(raw[:, 1], -m.verts[:, 2])
 
 
 def _silhouette(model, az=math.radians(40), el=math.radians(15)):
@@ -105,6 +108,36 @@ def test_silhouettes_differ_between_and_within_categories():
             assert _iou(sil[a], sil[b]) < 0.8, (a, b)
     for c in CATEGORIES:
         assert _iou(sil[c], _silhouette(cad_model(c, 2))) < 0.97, c
+
+
+def _material_map(model, az, el=math.radians(12), size=64):
+    """Per-pixel face material of ``model`` at azimuth ``az`` (-1 off the object), ``(size, size)``."""
+    from dmnt_lib.render import uv_fragment
+
+    cams = pose_to_cameras(az, el, 0.0, 3.2, size, focal=3.0 * size)
+    face = uv_fragment(model.to_uvmesh(), cams, size).pix_to_face[0]
+    return torch.where(face >= 0, model.face_material[face.clamp(min=0)], torch.full_like(face, -1)).numpy()
+
+
+def test_every_bottle_model_has_a_defined_azimuth():
+    """Issue 13: a surface of revolution in random colours has no azimuth. Every bottle carries a
+    front-only label (its own material): its material map changes under a 90° and a 180°
+    azimuth change, while the same model without label (and handle) does not."""
+    for m in cad_models("bottle"):
+        names = m.part_names
+        assert "label" in names and MATERIALS[int(m.face_material[m.face_part == names.index("label")][0])] == "light"
+        plain = m.subset([i for i, n in enumerate(names) if n not in ("label", "handle")])
+        body = plain.verts[plain.faces[plain.face_part == names.index("bottle")].unique()]
+        axis = body.mean(0) * torch.tensor([1.0, 0.0, 1.0])  # the rings' centre: on the revolution axis
+        plain = dataclasses.replace(plain, verts=plain.verts - axis)
+        for az in (math.radians(30), math.radians(200)):
+            for delta in (math.pi / 2, math.pi):
+                a, b = _material_map(m, az), _material_map(m, az + delta)
+                changed = ((a != b) & ((a >= 0) | (b >= 0))).sum() / ((a >= 0) | (b >= 0)).sum()
+                pa, pb = _material_map(plain, az), _material_map(plain, az + delta)
+                control = ((pa != pb) & ((pa >= 0) | (pb >= 0))).sum() / ((pa >= 0) | (pb >= 0)).sum()
+                assert changed > 0.1, (m.index, az, delta, changed)
+                assert control < 0.05, (m.index, az, delta, control)  # only the label and handle break the symmetry
 
 
 # --------------------------------------------------------------------------- generated data
@@ -132,7 +165,7 @@ def test_rerendering_cad_from_annotation_gives_stored_mask(dataset):
     src = Pascal3D(root, levels=(0, 1, 2, 3))
     assert len(src) == 2 * len(CATS) * 4
     for s in src:
-        v, f = read_off(root / "CAD" / s.category / f"{s.cad_index:02d}.off")
+        v, f = read_off(root / "CAD" / s.category / f"{s.cad_index:02d}.off", z_up=True)
         mesh = UVMesh(v, f, torch.zeros(1, 2), torch.zeros_like(f))
         cams = pose_to_cameras(s.azimuth, s.elevation, s.theta, s.distance, s.image.shape[:2], focal=s.focal,
                                principal=torch.tensor(s.principal, dtype=torch.float32))
@@ -411,8 +444,11 @@ def test_rejected_run_leaves_the_folder_usable(tmp_path):
 
 
 def _to_nemo(ours: Path, nemo: Path, cats) -> None:
-    """Copy our layout into NeMo's naming (split folder + CAD in the parent), ids with .png in lists."""
+    """Copy our layout into NeMo's naming (split folder + CAD in the parent), ids with .png in lists;
+    our meta.json goes along: it is what says the cameras are the stored images' (ours)."""
     shutil.copytree(ours / "CAD", nemo.parent / "CAD")
+    nemo.mkdir(parents=True)
+    shutil.copy(ours / "meta.json", nemo / "meta.json")
     for k in range(4):
         for c in cats:
             name = c if k == 0 else f"{c}FGL{k}_BGL{k}"
@@ -435,6 +471,33 @@ def test_nemo_and_our_layouts_give_the_same_samples(dataset, tmp_path):
         for f in ("image", "principal", "bbox", "mask", "visible_mask", "occluder_mask"):
             np.testing.assert_array_equal(getattr(sa, f), getattr(sb, f))
     assert b.cad(CATS[0], 1)[0].shape[1] == 3 and b.cad_root == nemo.parent
+    assert a.convention == b.convention == "dmnt" and a.cad_z_up and b.cad_z_up
+    (nemo / "meta.json").unlink()  # now the folder claims to be NeMo's, and its files are not
+    with pytest.raises(ValueError, match="fits neither convention.*lacks NeMo's"):
+        Pascal3D(nemo)[0]
+    (nemo / "meta.json").write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="fits neither convention"):
+        Pascal3D(nemo)
+
+
+def test_version_1_datasets_keep_their_y_up_cad_files(dataset, tmp_path):
+    """Our format version 1 wrote y-up CAD files and no cad_frame: still read as they are."""
+    root, _ = dataset
+    old = tmp_path / "v1"
+    shutil.copytree(root, old)
+    meta = json.loads((old / "meta.json").read_text())
+    del meta["cad_frame"]
+    meta["version"] = 1
+    (old / "meta.json").write_text(json.dumps(meta))
+    m = cad_model(CATS[0], 1)
+    write_off(old / "CAD" / CATS[0] / "01.off", m.verts, m.faces)  # y up, as version 1 wrote
+    src = Pascal3D(old)
+    assert not src.cad_z_up and torch.equal(src.cad(CATS[0], 1)[0], m.verts)
+    assert torch.equal(Pascal3D(root).cad(CATS[0], 1)[0], m.verts)  # version 2: z up on disk, same model
+    meta["version"], meta["cad_frame"] = 2, "sideways"
+    (old / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="cad_frame"):
+        Pascal3D(old)
 
 
 def _projected_silhouette(verts, faces, pose, hw, margin=1e-3):
@@ -479,7 +542,11 @@ def _nemo_fields(rng, sid, cad_index, **pose):
 
 def test_nemo_fixture_with_extra_fields_list_folders_and_no_masks(tmp_path):
     """PASCAL3D+ proper in NeMo's layout: JPEG images, NeMo's field set (extra fields, one
-    pickled), no masks at L0, L0 lists as a folder of per-CAD-model lists, masks at L1."""
+    pickled), no masks at L0, L0 lists as a folder of per-CAD-model lists, masks at L1.
+    The cameras are NeMo's: principal in a 400 x 600 original photo, PASCAL3D+'s focal 1 with a
+    viewport that gives 150 pixels after NeMo's resize by 200 * distance / 1000, so the
+    40 x 56 crop's camera is focal 150 at its centre (28, 20) (tests/test_nemo_real.py covers
+    crops of every kind through the NeMo-preparation emulator)."""
     from PIL import Image
 
     root = tmp_path / "val"
@@ -492,7 +559,9 @@ def test_nemo_fixture_with_extra_fields_list_folders_and_no_masks(tmp_path):
         (root / "annotations" / name).mkdir(parents=True)
         for sid, (cad, pose) in poses.items():
             Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(root / "images" / name / f"{sid}.JPEG")
-            fields = _nemo_fields(rng, sid, cad, viewport=150.0, principal=np.array([28.0, 20.0]), **pose)
+            rate = 200 * pose["distance"] / 1000
+            fields = _nemo_fields(rng, sid, cad, viewport=150.0 / rate, principal=np.array([300.0, 200.0]),
+                                  height=400, width=600, **pose)
             if name != "car":
                 mask = np.zeros((40, 56), bool)
                 mask[10:30, 10:40] = True
@@ -509,15 +578,17 @@ def test_nemo_fixture_with_extra_fields_list_folders_and_no_masks(tmp_path):
     s0 = src[1]
     decoded = np.asarray(Image.open(root / "images" / "car" / "n0001.JPEG").convert("RGB"))
     np.testing.assert_array_equal(s0.image, decoded)
-    assert s0.focal == 150.0 and s0.cad_index == 3 and s0.azimuth == 1.2 and s0.bbox is None
+    assert s0.focal == pytest.approx(150.0, rel=1e-12) and s0.cad_index == 3 and s0.azimuth == 1.2 and s0.bbox is None
+    np.testing.assert_allclose(s0.principal, [28.0, 20.0], atol=1e-9)
+    assert s0.convention == "nemo" and s0.crop["rate"] == 0.9 and s0.crop["origin"] == (270 - 28, 180 - 20)
     assert s0.mask is None and s0.occlusion_ratio is None and src.cad_root == tmp_path
     s1 = src[2]
     assert s1.occlusion_ratio == pytest.approx(12 / 30, abs=1e-12) and s1.visible_mask.sum() == 20 * 18
-    ds = PoseDataset(root, levels=(0,))
+    ds = PoseDataset(root, levels=(0,), mask_cache=tmp_path / "masks")
     for i, sid in enumerate(("n0002", "n0001")):
         item = ds[i]
         cad, pose = poses[sid]
-        verts, faces = read_off(tmp_path / "CAD" / "car" / f"{cad:02d}.off")
+        verts, faces = read_off(tmp_path / "CAD" / "car" / f"{cad:02d}.off", z_up=True)
         strict, loose = _projected_silhouette(verts, faces, (*pose.values(), 150.0, (28.0, 20.0)), (40, 56))
         mask = item["mask"].numpy()
         assert strict.sum() > 100 and (loose & ~strict).sum() <= 2  # the band of doubt is tiny

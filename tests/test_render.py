@@ -26,7 +26,7 @@ def _pytorch3d_textured(mesh, cams, texture):
     """PyTorch3D's own TexturesUV sampling of the same texture, set to our conventions:
     its v axis points up (it flips the map), so we hand it the flipped map; zeros padding and
     align_corners=False as in DESIGN §3."""
-    from pytorch3d.renderer import TexturesUV
+    from pytorch3d.renderer import MeshRasterizer, RasterizationSettings, TexturesUV
 
     b = len(cams)
     meshes = mesh.to_meshes(b)
@@ -37,7 +37,8 @@ def _pytorch3d_textured(mesh, cams, texture):
         padding_mode="zeros",
         align_corners=False,
     )
-    frags = rasterize(mesh, cams, SIZE)
+    settings = RasterizationSettings(image_size=SIZE, blur_radius=0.0, faces_per_pixel=1, bin_size=0)
+    frags = MeshRasterizer(cameras=cams, raster_settings=settings)(meshes)
     return meshes.textures.sample_textures(frags)[..., 0, :].permute(0, 3, 1, 2)
 
 

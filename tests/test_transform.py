@@ -552,15 +552,9 @@ BAD_INPUTS = [
     (_with(features=lambda a: torch.rand(1, 2, 1, 5), uv=lambda a: torch.rand(1, 1, 5, 2), mask=lambda a: torch.ones(1, 1, 5, dtype=torch.bool)), ValueError, "features"),
     (_with(features=lambda a: a["features"].half()), TypeError, "features"),
     (_with(features=lambda a: (a["features"] * 10).int()), TypeError, "features"),
-    (_with(features=lambda a: a["features"].index_fill(1, torch.tensor([0]), float("nan"))), ValueError, "features"),
-    (_with(features=lambda a: a["features"].index_fill(1, torch.tensor([1]), float("inf"))), ValueError, "features"),
     (_with(uv=lambda a: a["uv"][..., :1]), ValueError, "uv"),
     (_with(uv=lambda a: a["uv"].double()), TypeError, "uv"),
     (_with(uv=lambda a: a["uv"].to("meta")), ValueError, "device"),
-    (_with(uv=_set_uv(float("nan"))), ValueError, "uv"),
-    (_with(uv=_set_uv(float("-inf"))), ValueError, "uv"),
-    (_with(uv=_set_uv(1.0001)), ValueError, "uv"),
-    (_with(uv=_set_uv(-1e-6)), ValueError, "uv"),
     (_with(mask=lambda a: a["mask"].float()), TypeError, "mask"),
     (_with(mask=lambda a: a["mask"][:, :3]), ValueError, "mask"),
     (_with(mask=lambda a: a["mask"].expand(2, -1, -1)), ValueError, "mask"),
@@ -577,13 +571,48 @@ BAD_INPUTS = [
     (_with(max_quads_per_texel=lambda a: 2.0), TypeError, "max_quads_per_texel"),
     (_with(backend=lambda a: "gpu"), ValueError, "backend"),
     (_with(backend=lambda a: "cuda"), ValueError, "backend"),  # CPU tensors
+    (_with(chart=lambda a: np.zeros((1, 4, 5), np.int64)), TypeError, "chart"),
+    (_with(chart=lambda a: torch.zeros(1, 4, 5)), TypeError, "chart"),
+    (_with(chart=lambda a: torch.zeros(1, 4, 5, dtype=torch.bool)), TypeError, "chart"),
+    (_with(chart=lambda a: torch.zeros(1, 5, 4, dtype=torch.int64)), ValueError, "chart"),
+    (_with(chart=lambda a: torch.zeros(4, 5, dtype=torch.int64)), ValueError, "chart"),
+    (_with(chart=lambda a: torch.zeros(1, 4, 5, dtype=torch.int64, device="meta")), ValueError, "chart"),
+    (_with(validate=lambda a: 1), TypeError, "validate"),
+]
+
+# Data-dependent checks: they need a host sync, so validate=False skips them.
+BAD_VALUES = [
+    (_with(features=lambda a: a["features"].index_fill(1, torch.tensor([0]), float("nan"))), ValueError, "features"),
+    (_with(features=lambda a: a["features"].index_fill(1, torch.tensor([1]), float("inf"))), ValueError, "features"),
+    (_with(uv=_set_uv(float("nan"))), ValueError, "uv"),
+    (_with(uv=_set_uv(float("-inf"))), ValueError, "uv"),
+    (_with(uv=_set_uv(1.0001)), ValueError, "uv"),
+    (_with(uv=_set_uv(-1e-6)), ValueError, "uv"),
+    (_with(chart=lambda a: torch.full((1, 4, 5), -1, dtype=torch.int64)), ValueError, "chart"),
+    (_with(chart=lambda a: torch.zeros(1, 4, 5, dtype=torch.int8).index_fill(2, torch.tensor([3]), -2)), ValueError, "chart"),
 ]
 
 
-@pytest.mark.parametrize("build, error, name", BAD_INPUTS)
+@pytest.mark.parametrize("build, error, name", BAD_INPUTS + BAD_VALUES)
 def test_validation_names_the_argument(build, error, name):
+    args = build()
     with pytest.raises(error, match=name):
-        image_to_uv(**build())
+        image_to_uv(**args)
+    if "validate" not in args:
+        with pytest.raises(error, match=name):
+            image_to_uv(**args, validate=True)
+
+
+@pytest.mark.parametrize("build, error, name", [case for case in BAD_INPUTS if case[2] != "validate"])
+def test_validate_false_keeps_the_free_checks(build, error, name):
+    with pytest.raises(error, match=name):
+        image_to_uv(**build(), validate=False)
+
+
+@pytest.mark.parametrize("build, error, name", BAD_VALUES)
+def test_validate_false_skips_the_data_checks(build, error, name):
+    """The data-dependent checks are really skipped (no host sync): bad values pass through unreported."""
+    image_to_uv(**build(), validate=False, backend="torch")
 
 
 def test_off_mask_uv_is_not_validated():
@@ -633,41 +662,283 @@ def test_import_is_light():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
+def dense_table(backend, uv, mask, size, k):
+    """``backend``'s lookup table as the kernels store it: ``qid (B, S, S, K)`` int64 (-1 in empty slots) and
+    ``st (B, S, S, K, 2)`` in uv's dtype, plus ``dropped``. The torch backend's table is the one
+    ``image_to_uv_torch`` uses: built in float64, ``(s, t)`` then cast to the input dtype."""
+    name, device = KERNEL_BACKENDS[backend]
+    b = uv.shape[0]
+    if name == "torch":
+        table = quad_table_torch(uv.double(), mask, size, size, 0.2, k)
+        qid = torch.full((b * size * size, k), -1, dtype=torch.int64)
+        st = torch.zeros(b * size * size, k, 2, dtype=uv.dtype)
+        group = table.batch * size * size + table.texel
+        start = torch.cumsum(table.count.flatten().long(), 0) - table.count.flatten().long()
+        slot = torch.arange(len(group)) - start[group]
+        qid[group, slot] = table.qid
+        st[group, slot] = torch.stack([table.s, table.t], -1).to(uv.dtype)
+        return qid.view(b, size, size, k), st.view(b, size, size, k, 2), table.dropped
+    feats = torch.zeros(b, 1, *uv.shape[1:3], dtype=uv.dtype, device=device)
+    out = torch.ops.dmnt.quad_uv_forward(feats, uv.to(device), mask.to(device), size, size, 0.2, k)
+    return out[3].long().cpu(), out[4].cpu(), out[5].cpu()
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_float32_tables_are_identical_across_backends(seed):
-    """Every backend decides coverage in float64, so float32 inputs give the same table everywhere."""
-    if _skip_reason("cpp"):
+    """Every backend decides coverage and solves (s, t) in float64, so float32 inputs give the same lookup
+    table everywhere: the same qids in the same slots and bit-identical float32 (s, t)."""
+    others = [be for be in ("cpp", "cuda") if not _skip_reason(be)]
+    if not others:
         pytest.skip(_skip_reason("cpp"))
     g = torch.Generator().manual_seed(seed)
     h = w = 24
     ys, xs = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
     uv = torch.stack([0.1 + 0.8 * xs + 0.03 * torch.sin(5 * ys + seed), 0.1 + 0.8 * ys + 0.03 * torch.cos(4 * xs)], -1)[None]
     uv = (uv + 1e-4 * torch.rand(uv.shape, generator=g)).float()
-    features = torch.randn(1, 3, h, w, generator=g)
     mask = torch.ones(1, h, w, dtype=torch.bool)
-    outs = {be: image_to_uv(features, uv, mask, 509, backend=be, return_info=True) for be in ("torch", "cpp")}
-    assert torch.equal(outs["torch"][2].count, outs["cpp"][2].count)
-    assert torch.equal(outs["torch"][1], outs["cpp"][1])
-    assert torch.allclose(outs["torch"][0], outs["cpp"][0], atol=1e-5)
+    qid, st, dropped = dense_table("torch", uv, mask, 509, 4)
+    assert st.dtype == torch.float32 and int((qid >= 0).sum()) > 100_000
+    for be in others:
+        qid_b, st_b, dropped_b = dense_table(be, uv, mask, 509, 4)
+        assert torch.equal(qid_b, qid) and torch.equal(st_b, st) and torch.equal(dropped_b, dropped)
+    # And the float32 tables are those of the float64 input (the geometry never runs in float32).
+    qid64, st64, _ = dense_table(others[0], uv.double(), mask, 509, 4)
+    assert torch.equal(qid64, qid) and torch.equal(st64.float(), st)
 
 
 def test_double_backward(backend):
-    """The torch backend's backward is differentiable; the kernels refuse double backward loudly."""
-    features, uv, mask, size = agreement_inputs(seed=3)
+    """The torch backend's backward is itself differentiable, exactly (gradgradcheck, in features and uv);
+    the kernels refuse double backward loudly."""
     name, dev = KERNEL_BACKENDS[backend]
-    f = features.to(dev).requires_grad_()
-    u = uv.to(dev).requires_grad_()
-    surface, _ = image_to_uv(f, u, mask.to(dev), size, backend=name)
-    (g_uv,) = torch.autograd.grad((surface ** 2).sum(), u, create_graph=True)
-    if name == "torch":
-        (gg,) = torch.autograd.grad(g_uv.pow(2).sum(), f)
-        assert torch.isfinite(gg).all() and gg.abs().sum() > 0
-    else:
+    if name != "torch":
+        features, uv, mask, size = agreement_inputs(seed=3)
+        f = features.to(dev).requires_grad_()
+        u = uv.to(dev).requires_grad_()
+        surface, _ = image_to_uv(f, u, mask.to(dev), size, backend=name)
+        (g_uv,) = torch.autograd.grad((surface ** 2).sum(), u, create_graph=True)
         with pytest.raises(NotImplementedError, match="double backward"):
             torch.autograd.grad(g_uv.pow(2).sum(), f)
+        return
+    h = w = 5
+    s = 8
+    uv = smooth_uv(h, w, seed=0, jitter=0.01)
+    depth, _ = quad_inside_depth(uv[0], s, s)
+    assert depth.abs().min() > 1e-2, "precondition: no texel centre near a quad edge (coverage is constant)"
+    mask = torch.ones(1, h, w, dtype=torch.bool, device=dev)
+    features = torch.randn(1, 2, h, w, dtype=F64, generator=torch.Generator().manual_seed(3)).to(dev).requires_grad_()
+    uv = uv.to(dev).requires_grad_()
+    fn = lambda f, q: image_to_uv(f, q, mask, s, backend="torch")[0]  # noqa: E731
+    assert fn(features, uv).ne(0).sum() > 20
+    # Second derivatives in uv come from the curvature of the inverse bilinear map: nonzero, hence checkable.
+    (g_uv,) = torch.autograd.grad((fn(features, uv) ** 2).sum(), uv, create_graph=True)
+    (gg,) = torch.autograd.grad(g_uv.pow(2).sum(), uv)
+    assert gg.abs().max() > 1e-3
+    # fast_mode checks random projections of the second-order Jacobian; it fails for a uv-detached J^{-1}.
+    assert torch.autograd.gradgradcheck(fn, (features, uv), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
 
 
 def test_oversized_sizes_are_value_errors():
     features, uv, mask, _ = agreement_inputs(seed=0)
     with pytest.raises(ValueError, match="texture_size"):
         image_to_uv(features, uv, mask, (2**16, 2**15))
+
+
+# ---------------------------------------------------------------- UV charts: quads that bridge two charts
+
+
+def face_charts_from_faces_uvs(faces_uvs):
+    """``(F,)`` int64 chart id per face: connected components of faces sharing a UV vertex (computed here,
+    independently of the mesh code), numbered 0.. in order of their smallest UV vertex."""
+    label = torch.arange(int(faces_uvs.max()) + 1)
+    while True:  # propagate the smallest label over faces until nothing changes
+        face_min = label[faces_uvs].amin(1)
+        new = label.scatter_reduce(0, faces_uvs.reshape(-1), face_min.repeat_interleave(3), reduce="amin")
+        new = new[new]
+        if torch.equal(new, label):
+            break
+        label = new
+    return torch.unique(label[faces_uvs[:, 0]], return_inverse=True)[1]
+
+
+@pytest.fixture(scope="module")
+def cuboid_views():
+    """The cuboid template's UV fragment from 54 views (18 azimuths x 3 elevations) at 64 px, with the
+    per-pixel chart ``face_charts[pix_to_face]`` (-1 off the mask)."""
+    from dmnt_lib.camera import pose_to_cameras
+    from dmnt_lib.mesh import cuboid_template
+    from dmnt_lib.render import uv_fragment
+
+    mesh = cuboid_template([1.0, 0.8, 2.2])
+    charts = face_charts_from_faces_uvs(mesh.faces_uvs)
+    assert charts.unique().tolist() == list(range(6)), "precondition: one chart per cuboid side"
+    az = torch.linspace(0, 2 * math.pi, 19)[:-1].repeat(3)
+    el = torch.tensor([-15.0, 15.0, 45.0]).repeat_interleave(18) * (math.pi / 180)
+    size = 64
+    frag = uv_fragment(mesh, pose_to_cameras(az, el, 0.0, 5.5, size, focal=2.0 * size), size)
+    chart = torch.where(frag.mask, charts[frag.pix_to_face.clamp(min=0)], -1)
+    features = torch.randn(len(az), 3, size, size, generator=torch.Generator().manual_seed(0))
+    return features, frag.uv, frag.mask, chart
+
+
+def quad_charts(chart, qid, batch, w):
+    """``(E, 4)`` chart ids of the four pixels of quads ``qid (E,)`` in items ``batch (E,)``."""
+    y, x = qid // (w - 1), qid % (w - 1)
+    return torch.stack([chart[batch, y, x], chart[batch, y, x + 1], chart[batch, y + 1, x + 1], chart[batch, y + 1, x]], 1)
+
+
+def backend_table(backend, uv, mask, size, k, chart=None):
+    """The lookup table of ``backend`` as ``(batch, texel, qid) (E, 3)`` int64 in (batch, texel, qid) order,
+    ``cross_chart (B,)`` and ``dropped (B,)``: quad_table_torch for torch, the op's dense table for the kernels."""
+    name, device = KERNEL_BACKENDS[backend]
+    if name == "torch":
+        table = quad_table_torch(uv.double().to(device), mask.to(device), size, size, 0.2, k, chart=None if chart is None else chart.to(device))
+        return torch.stack([table.batch, table.texel, table.qid], 1).cpu(), table.cross_chart.cpu(), table.dropped.cpu()
+    feats = torch.zeros(uv.shape[0], 1, *uv.shape[1:3], dtype=uv.dtype)
+    out = torch.ops.dmnt.quad_uv_forward(feats.to(device), uv.to(device), mask.to(device), size, size, 0.2, k,
+                                         None if chart is None else chart.to(device))
+    qid = out[3].cpu().reshape(uv.shape[0], size * size, k)
+    b, texel, slot = torch.nonzero(qid >= 0, as_tuple=True)  # row-major: (batch, texel, slot) = qid order
+    return torch.stack([b, texel, qid[b, texel, slot].long()], 1), out[6].cpu(), out[5].cpu()
+
+
+def test_chart_rule_on_cuboid_views(backend, cuboid_views):
+    """Issue 9 item 1: on the cuboid's atlas (charts 0.02 apart) many quads bridge two sides yet pass the 0.2
+    threshold; with the per-pixel chart none of them reaches the table, and the table is exactly the old one
+    without their entries."""
+    _, uv, mask, chart = cuboid_views
+    size, k, w = 128, 8, uv.shape[2]
+    old, old_cross, old_dropped = backend_table(backend, uv, mask, size, k)
+    new, cross, _ = backend_table(backend, uv, mask, size, k, chart)
+    assert not old_dropped.any(), "precondition: nothing dropped, so the chart's filtering is all that changes"
+    old_mixed = (quad_charts(chart, old[:, 2], old[:, 0], w) != quad_charts(chart, old[:, 2], old[:, 0], w)[:, :1]).any(1)
+    assert int(old_mixed.sum()) > 200, "precondition: without the chart, table entries mix charts"
+    assert not old_cross.any()
+    charts_new = quad_charts(chart, new[:, 2], new[:, 0], w)
+    assert not (charts_new != charts_new[:, :1]).any(), "a kept entry mixes charts"
+    assert torch.equal(new, old[~old_mixed])
+    # cross_chart counts the quads the chart rule removed: at least every removed quad that covered a texel.
+    removed = torch.unique(old[old_mixed][:, [0, 2]], dim=0)
+    assert (torch.bincount(removed[:, 0], minlength=len(cross)) <= cross).all()
+    assert int(cross.sum()) >= 100
+
+
+def test_chart_public_api_agrees_across_backends(backend, cuboid_views):
+    """image_to_uv with chart: the same table sizes and cross-chart counts as the torch backend, and no texel
+    the chart removes stays visible with its old value."""
+    features, uv, mask, chart = cuboid_views
+    _, device = KERNEL_BACKENDS[backend]
+    name = KERNEL_BACKENDS[backend][0]
+    ins = [t.to(device) for t in (features, uv, mask, chart)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TableOverflowWarning)
+        s_t, v_t, i_t = image_to_uv(features, uv, mask, 128, backend="torch", return_info=True, chart=chart)
+        s_b, v_b, i_b = image_to_uv(*ins[:3], 128, backend=name, return_info=True, chart=ins[3])
+        s_old, v_old, i_old = image_to_uv(*ins[:3], 128, backend=name, return_info=True)
+    assert torch.equal(i_b.count.cpu(), i_t.count) and torch.equal(v_b.cpu(), v_t)
+    assert torch.equal(i_b.dropped.cpu(), i_t.dropped) and torch.equal(i_b.cross_chart_quads.cpu(), i_t.cross_chart_quads)
+    assert torch.allclose(s_b.cpu(), s_t, atol=1e-5, rtol=0)
+    assert int(i_t.cross_chart_quads.sum()) >= 100 and not i_old.cross_chart_quads.any()
+    assert int(i_b.count.sum()) < int(i_old.count.sum())
+
+
+def test_chart_agrees_with_reference(backend, cuboid_views):
+    """The NumPy reference and every backend apply the chart rule identically (forward, counts and backward),
+    on the three cuboid views with the most cross-chart quads."""
+    features, uv, mask, chart = cuboid_views
+    per_view = image_to_uv(features, uv, mask, 64, backend="torch", return_info=True, chart=chart)[2].cross_chart_quads
+    views = torch.argsort(per_view, descending=True, stable=True)[:3]
+    f, q, m, c = features[views].double(), uv[views].double(), mask[views], chart[views]
+    size, kw = 64, dict(max_quads_per_texel=4)
+    ref_s, ref_v, ref_info = image_to_uv_reference(f.numpy(), q.numpy(), m.numpy(), size, chart=c.numpy(), **kw)
+    ref_old = image_to_uv_reference(f.numpy(), q.numpy(), m.numpy(), size, **kw)[2]
+    assert (ref_info.cross_chart > 0).all() and (ref_info.count != ref_old.count).any(), "precondition"
+    assert not ref_old.cross_chart.any()
+    name, device = KERNEL_BACKENDS[backend]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TableOverflowWarning)
+        surface, visible, info = image_to_uv(f.to(device), q.to(device), m.to(device), size, backend=name, return_info=True,
+                                             chart=c.to(device), **kw)
+    assert torch.equal(visible.cpu(), torch.from_numpy(ref_v))
+    assert torch.equal(info.count.cpu(), torch.from_numpy(ref_info.count))
+    assert torch.equal(info.dropped.cpu(), torch.from_numpy(ref_info.dropped))
+    assert torch.equal(info.cross_chart_quads.cpu(), torch.from_numpy(ref_info.cross_chart))
+    assert torch.allclose(surface.cpu(), torch.from_numpy(ref_s), atol=1e-12, rtol=0)
+    g = torch.randn(surface.shape, generator=torch.Generator().manual_seed(7), dtype=F64)
+    ref_gf, ref_guv = image_to_uv_reference_backward(g.numpy(), f.numpy(), q.numpy(), m.numpy(), size, chart=c.numpy(), **kw)
+    g_f, g_uv = grads(backend, f, q, m, size, g, chart=c.to(device), **kw)
+    assert torch.allclose(g_f, torch.from_numpy(ref_gf), atol=1e-10, rtol=1e-9)
+    assert torch.allclose(g_uv, torch.from_numpy(ref_guv), atol=1e-7, rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8])
+def test_without_chart_nothing_changes(backend, dtype):
+    """chart=None is the old behaviour: identical (bit for bit) to a chart that puts every pixel on one chart,
+    whatever the chart's integer dtype, with zero cross-chart quads."""
+    features, uv, mask, size = agreement_inputs(seed=5)
+    name, device = KERNEL_BACKENDS[backend]
+    ins = [t.to(device) for t in (features, uv, mask)]
+    kw = dict(max_quads_per_texel=2, backend=name, return_info=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TableOverflowWarning)
+        none = image_to_uv(*ins, size, **kw)
+        one = image_to_uv(*ins, size, chart=torch.full(mask.shape, 3, dtype=dtype, device=device), **kw)
+    for a, b in zip([*none[:2], *none[2]], [*one[:2], *one[2]]):
+        assert torch.equal(a, b)
+    assert int(none[2].count.sum()) > 40 and not none[2].cross_chart_quads.any()
+
+
+def test_uv_seam_pixels_follows_the_transform_rule(cuboid_views):
+    """viz.uv_seam_pixels marks exactly the pixels of on-mask 2x2 blocks with a u or v extent above the threshold
+    or (with chart) pixels on two charts; on the cuboid the threshold alone misses seams that the chart finds."""
+    from dmnt_lib.viz import uv_seam_pixels
+
+    _, uv, mask, chart = cuboid_views
+    views = [21, 22, 40]
+    uv, mask, chart = uv[views], mask[views], chart[views]
+    got_thr = uv_seam_pixels(uv, mask, 0.2)
+    got = uv_seam_pixels(uv, mask, 0.2, chart=chart)
+    exp_thr, exp = torch.zeros_like(mask), torch.zeros_like(mask)
+    u, m, c = uv.numpy(), mask.numpy(), chart.numpy()
+    for b in range(len(views)):
+        for y in range(mask.shape[1] - 1):
+            for x in range(mask.shape[2] - 1):
+                if not m[b, y:y + 2, x:x + 2].all():
+                    continue
+                block = u[b, y:y + 2, x:x + 2].reshape(4, 2)
+                seam = bool(np.ptp(block[:, 0]) > 0.2 or np.ptp(block[:, 1]) > 0.2)
+                exp_thr[b, y:y + 2, x:x + 2] |= seam
+                exp[b, y:y + 2, x:x + 2] |= seam or len(set(c[b, y:y + 2, x:x + 2].ravel().tolist())) > 1
+    assert torch.equal(got_thr, exp_thr) and torch.equal(got, exp)
+    assert int((got & ~got_thr).sum()) > 20, "precondition: cross-chart seams below the threshold"
+
+
+# ---------------------------------------------------------------- validate=False (hot loops)
+
+
+def test_validate_false_gives_identical_outputs(backend, cuboid_views):
+    features, uv, mask, chart = cuboid_views
+    name, device = KERNEL_BACKENDS[backend]
+    ins = [t[:6].to(device) for t in (features, uv, mask, chart)]
+    outs = []
+    for validate in (True, False):
+        f = ins[0].clone().requires_grad_()
+        q = ins[1].clone().requires_grad_()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TableOverflowWarning)
+            surface, visible, info = image_to_uv(f, q, ins[2], 96, backend=name, return_info=True, chart=ins[3], validate=validate)
+        (surface * surface).sum().backward()
+        outs.append([surface.detach(), visible, *info, f.grad, q.grad])
+    assert int(outs[0][1].sum()) > 500 and outs[0][-1].abs().sum() > 0
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
+def test_validate_false_skips_the_overflow_warning():
+    uv, features = zigzag_uv(), position_features(6, 13)
+    mask = torch.ones(1, 6, 13, dtype=torch.bool)
+    with pytest.warns(TableOverflowWarning):
+        image_to_uv(features, uv, mask, 12, max_quads_per_texel=1, backend="torch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TableOverflowWarning)
+        info = image_to_uv(features, uv, mask, 12, max_quads_per_texel=1, backend="torch", return_info=True, validate=False)[2]
+    assert info.dropped.tolist() == [84]  # still counted, just not reported

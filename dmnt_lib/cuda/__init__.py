@@ -95,25 +95,30 @@ def compile_cuda_only() -> Path:
 
 
 def image_to_uv_kernel(features: torch.Tensor, uv: torch.Tensor, mask: torch.Tensor, S_h: int,
-                       S_w: int, seam_threshold: float = 0.2, max_quads: int = 10):
+                       S_w: int, seam_threshold: float = 0.2, max_quads: int = 10,
+                       chart: torch.Tensor | None = None):
     """Image->UV transform with the compiled kernel of ``features``' device.
 
     Args: ``features (B,C,H,W)`` float32/float64, ``uv (B,H,W,2)`` same dtype,
     ``mask (B,H,W)`` bool, texture size ``(S_h, S_w)``, ``seam_threshold`` in uv units,
-    ``max_quads`` = K table entries per texel. Inputs are validated by the kernel (a
-    RuntimeError on misuse); the public ``image_to_uv`` validates user input first.
+    ``max_quads`` = K table entries per texel, optional ``chart (B,H,W)`` integer per-pixel
+    chart id (made int64 here). Inputs are validated by the kernel (a RuntimeError on
+    misuse); the public ``image_to_uv`` validates user input first.
 
     Returns ``surface (B,C,S_h,S_w)`` (dtype of features; differentiable in features and
     uv), ``visible (B,S_h,S_w)`` bool, ``count (B,S_h,S_w)`` int32 kept entries per texel,
-    ``dropped (B,)`` int64 entries dropped because more than K quads covered a texel.
+    ``dropped (B,)`` int64 entries dropped because more than K quads covered a texel,
+    ``cross_chart (B,)`` int64 quads skipped because their pixels span two charts.
     """
     kind = "cuda" if features.is_cuda else "cpp"
     if not kernel_available(kind):
         raise RuntimeError(f"dmnt {kind} kernel unavailable: {kernel_unavailable_reason(kind)}")
-    surface, visible, count, _, _, dropped = torch.ops.dmnt.quad_uv_forward(
+    if chart is not None:
+        chart = chart.to(torch.int64).contiguous()
+    surface, visible, count, _, _, dropped, cross_chart = torch.ops.dmnt.quad_uv_forward(
         features.contiguous(), uv.contiguous(), mask.contiguous(), int(S_h), int(S_w),
-        float(seam_threshold), int(max_quads))
-    return surface, visible, count, dropped
+        float(seam_threshold), int(max_quads), chart)
+    return surface, visible, count, dropped, cross_chart
 
 
 __all__ = ["kernel_available", "kernel_unavailable_reason", "image_to_uv_kernel", "compile_cuda_only"]

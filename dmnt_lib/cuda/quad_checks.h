@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <limits>
+#include <optional>
 
 namespace dmnt {
 
@@ -31,7 +32,8 @@ inline void check_features_uv(const at::Tensor& features, const at::Tensor& uv, 
 
 inline void check_forward_args(const at::Tensor& features, const at::Tensor& uv,
                                const at::Tensor& mask, int64_t S_h, int64_t S_w,
-                               double seam_threshold, int64_t K, c10::DeviceType dev) {
+                               double seam_threshold, int64_t K,
+                               const std::optional<at::Tensor>& chart, c10::DeviceType dev) {
   const char* op = "dmnt::quad_uv_forward";
   check_features_uv(features, uv, op);
   const int64_t B = features.size(0), H = features.size(2), W = features.size(3);
@@ -45,6 +47,16 @@ inline void check_forward_args(const at::Tensor& features, const at::Tensor& uv,
   check_device_contig(mask, "mask", dev, op);
   TORCH_CHECK(uv.device() == features.device() && mask.device() == features.device(), op,
               ": features, uv and mask must be on the same device");
+  if (chart.has_value()) {
+    const at::Tensor& ch = *chart;
+    TORCH_CHECK(ch.dim() == 3 && ch.size(0) == B && ch.size(1) == H && ch.size(2) == W, op,
+                ": chart must have shape (B,H,W) = (", B, ",", H, ",", W, "), got ", ch.sizes());
+    TORCH_CHECK(ch.scalar_type() == at::kLong, op, ": chart must be int64, got ",
+                ch.scalar_type());
+    check_device_contig(ch, "chart", dev, op);
+    TORCH_CHECK(ch.device() == features.device(), op,
+                ": chart must be on the device of features");
+  }
   TORCH_CHECK(S_h > 0 && S_w > 0, op, ": S_h and S_w must be > 0, got ", S_h, ", ", S_w);
   TORCH_CHECK(K >= 1, op, ": max_quads must be >= 1, got ", K);
   TORCH_CHECK(seam_threshold >= 0.0, op, ": seam_threshold must be >= 0, got ", seam_threshold);

@@ -1,11 +1,12 @@
 // Geometry of the image->UV transform shared by the C++ (CPU) and CUDA kernels.
 //
 // Every backend (NumPy reference, torch, C++, CUDA) implements the same rules
-// (DESIGN.md section 4 and the spec in dmnt_lib/transform/reference.py):
+// (docs/design.md section 4 and the spec in dmnt_lib/transform/__init__.py):
 // texel space q(p) = (u*S_w - 0.5, v*S_h - 0.5); a 2x2 pixel block (y, x) is a
 // quad p1=(y,x), p2=(y,x+1), p3=(y+1,x+1), p4=(y+1,x) with id qid = y*(W-1)+x;
 // it is used iff all four pixels are in the mask, its u- and v-extents are
-// <= seam_threshold and it is strictly convex; a texel centre c is covered iff
+// <= seam_threshold, it is strictly convex and, when a per-pixel chart id map is
+// given, its four pixels lie on one chart; a texel centre c is covered iff
 // the inverse bilinear map X(s,t) = c has its root with det J of the quad's
 // orientation in [0,1]^2 (tolerance 1e-6, then clamped).
 //
@@ -60,27 +61,37 @@ DMNT_HD void quad_corners(const scalar_t* uv, int64_t W, int64_t base, int64_t S
   }
 }
 
-// Decides whether quad (y, x) is used and, if so, fills `Q`. `uv` (H,W,2) and
-// `mask` (H,W) point at one batch item.
+// What quad_setup decided about a quad.
+enum QuadStatus : int {
+  kQuadUnused = 0,      // off the mask, straddles a seam, or not strictly convex
+  kQuadUsed = 1,        // used: `Q` is filled
+  kQuadCrossChart = 2,  // passes every other rule, but its pixels lie on two or more charts
+};
+
+// Decides whether quad (y, x) is used and, if so, fills `Q`. `uv` (H,W,2),
+// `mask` (H,W) and `chart` (H,W) point at one batch item; `chart` may be null
+// (no chart rule; then kQuadCrossChart is never returned). The chart rule is
+// tested last so that kQuadCrossChart counts exactly the quads it removes.
 template <typename scalar_t>
-DMNT_HD bool quad_setup(const scalar_t* uv, const bool* mask, int64_t W, int64_t y, int64_t x,
-                        int64_t S_h, int64_t S_w, double seam_threshold, QuadGeom& Q) {
+DMNT_HD int quad_setup(const scalar_t* uv, const bool* mask, const int64_t* chart, int64_t W,
+                       int64_t y, int64_t x, int64_t S_h, int64_t S_w, double seam_threshold,
+                       QuadGeom& Q) {
   const int64_t base = y * W + x;
   double u[4], v[4];
   for (int k = 0; k < 4; ++k) {
     const int64_t p = base + corner_offset(k, W);
-    if (!mask[p]) return false;
+    if (!mask[p]) return kQuadUnused;
     u[k] = static_cast<double>(uv[2 * p]);
     v[k] = static_cast<double>(uv[2 * p + 1]);
     // NaN/inf corners would make the bounding box undefined: such a quad is unused.
-    if (!(is_finite(u[k]) && is_finite(v[k]))) return false;
+    if (!(is_finite(u[k]) && is_finite(v[k]))) return kQuadUnused;
   }
   double umin = u[0], umax = u[0], vmin = v[0], vmax = v[0];
   for (int k = 1; k < 4; ++k) {
     umin = fmin(umin, u[k]); umax = fmax(umax, u[k]);
     vmin = fmin(vmin, v[k]); vmax = fmax(vmax, v[k]);
   }
-  if (!(umax - umin <= seam_threshold && vmax - vmin <= seam_threshold)) return false;
+  if (!(umax - umin <= seam_threshold && vmax - vmin <= seam_threshold)) return kQuadUnused;
 
   double qx[4], qy[4];
   quad_corners(uv, W, base, S_h, S_w, qx, qy);
@@ -95,7 +106,13 @@ DMNT_HD bool quad_setup(const scalar_t* uv, const bool* mask, int64_t W, int64_t
   }
   const double sigma = csum >= 0.0 ? 1.0 : -1.0;
   for (int k = 0; k < 4; ++k) {
-    if (!(sigma * c[k] > kConvexEps * L2)) return false;
+    if (!(sigma * c[k] > kConvexEps * L2)) return kQuadUnused;
+  }
+  if (chart != nullptr) {
+    const int64_t c0 = chart[base];
+    for (int k = 1; k < 4; ++k) {
+      if (chart[base + corner_offset(k, W)] != c0) return kQuadCrossChart;
+    }
   }
 
   Q.q1x = qx[0]; Q.q1y = qy[0];
@@ -117,7 +134,7 @@ DMNT_HD bool quad_setup(const scalar_t* uv, const bool* mask, int64_t W, int64_t
   Q.x1 = static_cast<int64_t>(fmax(fmin(floor(xmax), w1), -1.0));
   Q.y0 = static_cast<int64_t>(fmin(fmax(ceil(ymin), 0.0), h1 + 1.0));
   Q.y1 = static_cast<int64_t>(fmax(fmin(floor(ymax), h1), -1.0));
-  return true;
+  return kQuadUsed;
 }
 
 // Inverse bilinear interpolation at texel centre (cx, cy). Returns true iff the

@@ -2,7 +2,8 @@
 // The schema is defined in quad_transform_cpu.cpp (the C++ library is loaded first).
 //
 // Forward (deterministic, no float atomics):
-//   1. one thread per quad counts the texels it covers (integer atomicAdd);
+//   1. one thread per quad counts the texels it covers (integer atomicAdd), and
+//      the quads that the optional chart map removes;
 //   2. exclusive scan of the counts -> CSR segment per texel;
 //   3. one thread per quad writes (qid, s, t) into the covered texels' segments
 //      (slot order inside a segment depends on scheduling);
@@ -47,19 +48,26 @@ __device__ __forceinline__ int64_t thread_index() {
 // below the first pass's count (both passes run the same IEEE code, so they
 // agree; the bound only guarantees that a disagreement could never write
 // outside the segment).
+// `chart` (B,H,W) may be null; the first pass (kCollect = false) also counts,
+// per batch item, the quads the chart rule removes (integer atomics).
 template <typename scalar_t, bool kCollect>
 __global__ void cover_kernel(const scalar_t* __restrict__ uv, const bool* __restrict__ mask,
-                             int64_t B, int64_t H, int64_t W, int64_t S_h, int64_t S_w,
-                             double thr, int32_t* __restrict__ counter,
+                             const int64_t* __restrict__ chart, int64_t B, int64_t H, int64_t W,
+                             int64_t S_h, int64_t S_w, double thr, int32_t* __restrict__ counter,
                              const int32_t* __restrict__ seg_len,
                              const int64_t* __restrict__ seg_start, int32_t* __restrict__ seg_qid,
-                             scalar_t* __restrict__ seg_st) {
+                             scalar_t* __restrict__ seg_st,
+                             unsigned long long* __restrict__ cross_chart) {
   const int64_t Q = (H - 1) * (W - 1);
   const int64_t idx = thread_index();
   if (idx >= B * Q) return;
   const int64_t b = idx / Q, qid = idx % Q, y = qid / (W - 1), x = qid % (W - 1);
   QuadGeom G;
-  if (!quad_setup(uv + b * H * W * 2, mask + b * H * W, W, y, x, S_h, S_w, thr, G)) return;
+  const int status = quad_setup(uv + b * H * W * 2, mask + b * H * W,
+                                chart != nullptr ? chart + b * H * W : nullptr, W, y, x, S_h, S_w,
+                                thr, G);
+  if (!kCollect && status == kQuadCrossChart) atomicAdd(cross_chart + b, 1ULL);
+  if (status != kQuadUsed) return;
   for (int64_t ty = G.y0; ty <= G.y1; ++ty) {
     for (int64_t tx = G.x0; tx <= G.x1; ++tx) {
       double s, t;
@@ -258,10 +266,11 @@ __global__ void grad_uv_kernel(int64_t BHW, const int64_t* __restrict__ pix_star
   duv[2 * p + 1] = ay;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 quad_uv_forward_cuda(const at::Tensor& features, const at::Tensor& uv, const at::Tensor& mask,
-                     int64_t S_h, int64_t S_w, double seam_threshold, int64_t max_quads) {
-  check_forward_args(features, uv, mask, S_h, S_w, seam_threshold, max_quads,
+                     int64_t S_h, int64_t S_w, double seam_threshold, int64_t max_quads,
+                     const std::optional<at::Tensor>& chart) {
+  check_forward_args(features, uv, mask, S_h, S_w, seam_threshold, max_quads, chart,
                      c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(features.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -275,12 +284,16 @@ quad_uv_forward_cuda(const at::Tensor& features, const at::Tensor& uv, const at:
   at::Tensor table_qid = at::empty({B, S_h, S_w, K}, i32);
   at::Tensor table_st = at::empty({B, S_h, S_w, K, 2}, features.options());
   at::Tensor dropped = at::zeros({B}, features.options().dtype(at::kLong));
+  at::Tensor cross_chart = at::zeros({B}, features.options().dtype(at::kLong));
   at::Tensor surface = at::empty({B, C, S_h, S_w}, features.options());
+  const int64_t* chart_ptr = chart.has_value() ? chart->data_ptr<int64_t>() : nullptr;
+  auto* cross_ptr = reinterpret_cast<unsigned long long*>(cross_chart.data_ptr<int64_t>());
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "quad_uv_forward_cuda", [&] {
     if (BQ > 0) {
       cover_kernel<scalar_t, false><<<blocks_for(BQ), kThreads, 0, stream>>>(
-          uv.data_ptr<scalar_t>(), mask.data_ptr<bool>(), B, H, W, S_h, S_w, seam_threshold,
-          total.data_ptr<int32_t>(), nullptr, nullptr, nullptr, nullptr);
+          uv.data_ptr<scalar_t>(), mask.data_ptr<bool>(), chart_ptr, B, H, W, S_h, S_w,
+          seam_threshold, total.data_ptr<int32_t>(), nullptr, nullptr, nullptr, nullptr,
+          cross_ptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     const at::Tensor incl = at::cumsum(total, 0, at::kLong);
@@ -291,9 +304,10 @@ quad_uv_forward_cuda(const at::Tensor& features, const at::Tensor& uv, const at:
     at::Tensor cursor = at::zeros({BT}, i32);
     if (N > 0) {
       cover_kernel<scalar_t, true><<<blocks_for(BQ), kThreads, 0, stream>>>(
-          uv.data_ptr<scalar_t>(), mask.data_ptr<bool>(), B, H, W, S_h, S_w, seam_threshold,
-          cursor.data_ptr<int32_t>(), total.data_ptr<int32_t>(), seg_start.data_ptr<int64_t>(),
-          seg_qid.data_ptr<int32_t>(), seg_st.data_ptr<scalar_t>());
+          uv.data_ptr<scalar_t>(), mask.data_ptr<bool>(), chart_ptr, B, H, W, S_h, S_w,
+          seam_threshold, cursor.data_ptr<int32_t>(), total.data_ptr<int32_t>(),
+          seg_start.data_ptr<int64_t>(), seg_qid.data_ptr<int32_t>(),
+          seg_st.data_ptr<scalar_t>(), nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     select_kernel<scalar_t><<<blocks_for(BT), kThreads, 0, stream>>>(
@@ -308,7 +322,7 @@ quad_uv_forward_cuda(const at::Tensor& features, const at::Tensor& uv, const at:
         table_qid.data_ptr<int32_t>(), table_st.data_ptr<scalar_t>(), surface.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {surface, visible, count, table_qid, table_st, dropped};
+  return {surface, visible, count, table_qid, table_st, dropped, cross_chart};
 }
 
 std::tuple<at::Tensor, at::Tensor> quad_uv_backward_cuda(const at::Tensor& grad_surface,

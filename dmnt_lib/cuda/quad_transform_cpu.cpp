@@ -1,6 +1,7 @@
 // dmnt::quad_uv_forward / dmnt::quad_uv_backward: the op schema and the CPU kernels.
 //
 // Forward: (1) per quad row, in parallel, list the texels each used quad covers
+// (quads whose pixels span two charts of the optional chart map are counted, not used)
 // (with s, t) in ascending qid order; (2) per batch item, append those records
 // to the per-texel table, which therefore keeps the K smallest qids (the rest
 // are counted as dropped); (3) per texel row, in parallel, gather the surface:
@@ -41,21 +42,27 @@ struct Record {
   scalar_t s, t;
 };
 
+// `chart` (B,H,W) may be null; cross_chart[b] counts the quads the chart rule removed.
 template <typename scalar_t>
-void build_table_cpu(const scalar_t* uv, const bool* mask, int64_t B, int64_t H, int64_t W,
-                     int64_t S_h, int64_t S_w, double thr, int64_t K, int32_t* count,
-                     int32_t* table_qid, scalar_t* table_st, int64_t* dropped) {
+void build_table_cpu(const scalar_t* uv, const bool* mask, const int64_t* chart, int64_t B,
+                     int64_t H, int64_t W, int64_t S_h, int64_t S_w, double thr, int64_t K,
+                     int32_t* count, int32_t* table_qid, scalar_t* table_st, int64_t* dropped,
+                     int64_t* cross_chart) {
   const int64_t rows = H - 1, T = S_h * S_w;
   std::vector<std::vector<Record<scalar_t>>> recs(B * rows);
+  std::vector<int64_t> cross_rows(B * rows, 0);
   at::parallel_for(0, B * rows, grain(4 * W), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / rows, y = r % rows;
       const scalar_t* uvb = uv + b * H * W * 2;
       const bool* mb = mask + b * H * W;
+      const int64_t* cb = chart != nullptr ? chart + b * H * W : nullptr;
       auto& out = recs[r];
       for (int64_t x = 0; x + 1 < W; ++x) {
         QuadGeom Q;
-        if (!quad_setup(uvb, mb, W, y, x, S_h, S_w, thr, Q)) continue;
+        const int status = quad_setup(uvb, mb, cb, W, y, x, S_h, S_w, thr, Q);
+        if (status == kQuadCrossChart) ++cross_rows[r];
+        if (status != kQuadUsed) continue;
         const int32_t qid = static_cast<int32_t>(y * (W - 1) + x);
         for (int64_t ty = Q.y0; ty <= Q.y1; ++ty) {
           for (int64_t tx = Q.x0; tx <= Q.x1; ++tx) {
@@ -72,8 +79,9 @@ void build_table_cpu(const scalar_t* uv, const bool* mask, int64_t B, int64_t H,
   at::parallel_for(0, B, grain(H * W), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       int32_t* cb = count + b * T;
-      int64_t drop = 0;
+      int64_t drop = 0, cross = 0;
       for (int64_t y = 0; y < rows; ++y) {
+        cross += cross_rows[b * rows + y];
         for (const auto& rec : recs[b * rows + y]) {
           const int32_t n = cb[rec.texel];
           if (n < K) {
@@ -88,6 +96,7 @@ void build_table_cpu(const scalar_t* uv, const bool* mask, int64_t B, int64_t H,
         }
       }
       dropped[b] = drop;
+      cross_chart[b] = cross;
     }
   });
 }
@@ -154,10 +163,12 @@ void gather_surface_cpu(const scalar_t* F, int64_t B, int64_t C, int64_t H, int6
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 quad_uv_forward_cpu(const at::Tensor& features, const at::Tensor& uv, const at::Tensor& mask,
-                    int64_t S_h, int64_t S_w, double seam_threshold, int64_t max_quads) {
-  check_forward_args(features, uv, mask, S_h, S_w, seam_threshold, max_quads, c10::DeviceType::CPU);
+                    int64_t S_h, int64_t S_w, double seam_threshold, int64_t max_quads,
+                    const std::optional<at::Tensor>& chart) {
+  check_forward_args(features, uv, mask, S_h, S_w, seam_threshold, max_quads, chart,
+                     c10::DeviceType::CPU);
   const int64_t B = features.size(0), C = features.size(1), H = features.size(2),
                 W = features.size(3), K = max_quads;
   auto i32 = features.options().dtype(at::kInt);
@@ -165,18 +176,20 @@ quad_uv_forward_cpu(const at::Tensor& features, const at::Tensor& uv, const at::
   at::Tensor table_qid = at::full({B, S_h, S_w, K}, -1, i32);
   at::Tensor table_st = at::zeros({B, S_h, S_w, K, 2}, features.options());
   at::Tensor dropped = at::zeros({B}, features.options().dtype(at::kLong));
+  at::Tensor cross_chart = at::zeros({B}, features.options().dtype(at::kLong));
   at::Tensor surface = at::empty({B, C, S_h, S_w}, features.options());
+  const int64_t* chart_ptr = chart.has_value() ? chart->data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "quad_uv_forward_cpu", [&] {
-    build_table_cpu<scalar_t>(uv.data_ptr<scalar_t>(), mask.data_ptr<bool>(), B, H, W, S_h, S_w,
-                              seam_threshold, K, count.data_ptr<int32_t>(),
+    build_table_cpu<scalar_t>(uv.data_ptr<scalar_t>(), mask.data_ptr<bool>(), chart_ptr, B, H, W,
+                              S_h, S_w, seam_threshold, K, count.data_ptr<int32_t>(),
                               table_qid.data_ptr<int32_t>(), table_st.data_ptr<scalar_t>(),
-                              dropped.data_ptr<int64_t>());
+                              dropped.data_ptr<int64_t>(), cross_chart.data_ptr<int64_t>());
     gather_surface_cpu<scalar_t>(features.data_ptr<scalar_t>(), B, C, H, W, S_h, S_w, K,
                                  count.data_ptr<int32_t>(), table_qid.data_ptr<int32_t>(),
                                  table_st.data_ptr<scalar_t>(), surface.data_ptr<scalar_t>());
   });
   at::Tensor visible = count.gt(0);
-  return {surface, visible, count, table_qid, table_st, dropped};
+  return {surface, visible, count, table_qid, table_st, dropped, cross_chart};
 }
 
 // One table entry, decoded for the backward passes.
@@ -358,8 +371,9 @@ std::tuple<at::Tensor, at::Tensor> quad_uv_backward_cpu(const at::Tensor& grad_s
 TORCH_LIBRARY(dmnt, m) {
   m.def(
       "quad_uv_forward(Tensor features, Tensor uv, Tensor mask, int S_h, int S_w, "
-      "float seam_threshold, int max_quads) -> (Tensor surface, Tensor visible, Tensor count, "
-      "Tensor table_qid, Tensor table_st, Tensor dropped)");
+      "float seam_threshold, int max_quads, Tensor? chart=None) -> (Tensor surface, "
+      "Tensor visible, Tensor count, Tensor table_qid, Tensor table_st, Tensor dropped, "
+      "Tensor cross_chart)");
   m.def(
       "quad_uv_backward(Tensor grad_surface, Tensor features, Tensor uv, Tensor count, "
       "Tensor table_qid, Tensor table_st) -> (Tensor grad_features, Tensor grad_uv)");

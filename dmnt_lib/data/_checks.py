@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sizes import size_hw
+
 __all__ = ["integer", "seed", "positive", "int_list", "names", "image_hw", "number_range", "path", "rng"]
 
 
@@ -80,21 +82,7 @@ def names(name: str, value, allowed) -> list[str]:
 
 def image_hw(name: str, value, minimum: int = 1, allow_int: bool = True) -> tuple[int, int]:
     """``(H, W)`` from a pair of ints (or one int, a square, if ``allow_int``), each ``>= minimum``."""
-    what = "an int or (H, W), a pair of ints" if allow_int else "(H, W), a pair of ints"
-    if _is_int(value) and allow_int:
-        hw = (int(value), int(value))
-    else:
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or getattr(value, "ndim", 1) == 0:
-            raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
-        items = list(value)
-        if len(items) != 2:
-            raise ValueError(f"{name} must be {what}, got {len(items)} values {value!r}")
-        if not all(_is_int(x) for x in items):
-            raise TypeError(f"{name} must be {what}, got {value!r}")
-        hw = (int(items[0]), int(items[1]))
-    if min(hw) < minimum:
-        raise ValueError(f"{name} must be at least {minimum} pixels per side, got {hw}")
-    return hw
+    return size_hw(value, name, minimum, allow_int)
 
 
 def number_range(name: str, value, lo=-math.inf, hi=math.inf, *, integer_valued=False, open_lo=False, open_hi=False):

@@ -1,22 +1,57 @@
-"""PASCAL3D+ / OccludedPASCAL3D+ in NeMo's processed layout: reading and writing.
+"""PASCAL3D+ / OccludedPASCAL3D+ in NeMo's processed layout, and our synthetic data: reading and writing.
 
 Two folder layouts are read into the same ``Sample`` structure:
 
-* **NeMo** (one split, e.g. ``PASCAL3D_NeMo/val``)::
+* **NeMo** (what ``code/dataset/CreatePascal3DNeMo.py`` of Angtian/NeMo writes; one root per
+  split: ``PASCAL3D_train_NeMo``, ``PASCAL3D_NeMo`` (test, L0), ``PASCAL3D_OCC_NeMo`` (test, L1–L3))::
 
-      images/<cat>/<id>.JPEG              annotations/<cat>/<id>.npz       lists/<cat>.txt
-      images/<cat>FGL1_BGL1/<id>.JPEG     annotations/<cat>FGL1_BGL1/...   lists/<cat>FGL1_BGL1.txt   (level 1; 2, 3 alike)
-      CAD/<cat>/01.off ...                (in the split folder or its parent)
+      images/<cat>/<name>.JPEG            annotations/<cat>/<name>.npz       lists/<cat>/<subtype>.txt, lists/<cat>/meshNN.txt
+      images/<cat>FGL1_BGL1/<name>.JPEG   annotations/<cat>FGL1_BGL1/...     lists/<cat>FGL1_BGL1/...   (level 1; 2, 3 alike)
 
+  A list is a file ``lists/<name>.txt`` or a folder ``lists/<name>/`` of ``*.txt`` (NeMo's: one
+  per PASCAL3D+ subtype and one per CAD model, ``meshNN.txt``), read as their union; an id in
+  ``meshNN.txt`` must have ``cad_index == NN`` (checked when read).
 * **ours** (written by ``synthetic``/``cli``)::
 
       L{k}/images/<cat>/<id>.png   L{k}/annotations/<cat>/<id>.npz   L{k}/lists/<cat>.txt
       CAD/<cat>/NN.off   meta.json
 
-A list file holds one id per line (an image extension, if present, is stripped); a folder
-``lists/<name>/`` of ``*.txt`` files (NeMo's per-CAD-model lists) is read as their union.
+**Conventions.** Which one a folder uses is read from what it holds, never guessed: a folder
+whose ``meta.json`` has ``format == DMNT_FORMAT`` is ours (whatever its folder names); any other
+folder must hold NeMo's files, and an annotation there without NeMo's ``height``/``width``
+fields fits neither and is refused (``ValueError`` naming the file). The two differ in the
+camera of the stored image:
 
-Annotation ``.npz`` fields (NeMo's names and units; ours writes all of them):
+* ours: ``principal`` is in pixels of the stored image, the focal length is ``focal * viewport``
+  pixels, the stored ``mask``/``occluder_mask`` are in stored pixels.
+* NeMo: ``principal`` is in pixels of the **original** photo and ``focal``/``viewport`` are
+  PASCAL3D+'s (1 and 3000). NeMo resized the photo by ``rate = 200 * distance / 1000`` (the
+  object then looks as if at distance 5) to ``(int(H * rate), int(W * rate))`` and cut a fixed
+  per-category window centred at ``c = int(principal * rate)`` (``numpy`` truncation),
+  zero-padding outside the photo. So in the stored image (``nemo_crop_camera``)::
+
+      principal_crop = principal * (int(W * rate) / W, int(H * rate) / H) - (c - (w // 2, h // 2))
+      focal_crop     = focal * viewport * rate
+
+  i.e. the crop centre ``(w // 2, h // 2)`` plus the truncation residual (in ``[0, 1)`` pixel;
+  the per-axis resize factors ``int(W * rate) / W`` differ from ``rate`` by less than ``1 / W``,
+  which moves a point of the crop by less than ``(w / 2) / int(W * rate)`` pixels — under half a
+  pixel unless the crop is wider than the resized photo — so one isotropic focal length
+  ``focal * viewport * rate`` is used, as NeMo's own renderer does). The stored
+  ``principal`` is taken in our pixel convention (pixel ``(i, j)`` centred at ``(j + .5, i + .5)``);
+  PASCAL3D+'s MATLAB annotations may be 1-based, which would put it half an *original* pixel
+  (``rate / 2`` crop pixels) off, well below annotation accuracy. OccludedPASCAL3D+'s
+  ``occ_mask`` is a bool array in original-photo pixels: it is resized (nearest) and cut out
+  like the photo. NeMo's ``bbox`` is PASCAL3D+'s hand-drawn box in original pixels, not the
+  amodal mask's: it is not returned (``Sample.bbox`` is None; ``PoseDataset`` boxes the mask).
+  There are no amodal masks: ``PoseDataset`` renders them from the CAD model (appendix A.4).
+
+**CAD frame.** CAD files are in PASCAL3D+'s on-disk frame (z up) — the real ones, and ours
+(``shapes.write_cad_library``) — and ``Pascal3D.cad`` converts them to our y-up frame with
+``mesh.z_up_to_y_up`` (NeMo's ``(x, y, z) → (x, z, −y)``). Our datasets of format version 1
+(``meta.json`` without ``cad_frame``) stored y-up files and are read as such.
+
+Annotation ``.npz`` fields (NeMo's names and units; ours writes all of them but the NeMo-only ones):
 
 ========================  =====================================================================
 ``category``              str (optional when reading; the folder gives it)
@@ -24,12 +59,16 @@ Annotation ``.npz`` fields (NeMo's names and units; ours writes all of them):
 ``azimuth, elevation,     float, **radians** (NeMo converts PASCAL3D+'s degrees)
 theta``
 ``distance``              float, camera-to-origin distance in CAD units
-``focal, viewport``       float; the focal length in **pixels** is ``focal * viewport``
+``focal, viewport``       float; the focal length in pixels of the file's image is ``focal * viewport``
                           (PASCAL3D+: 1 and 3000)
-``principal``             ``(2,)`` float, principal point ``(x, y)`` in pixels of the stored image
-``bbox``                  ``(4,)`` float ``(x0, y0, x1, y1)``, pixel edges, of the amodal mask (optional)
+``principal``             ``(2,)`` float, principal point ``(x, y)`` in pixels (stored image: ours;
+                          original photo: NeMo)
+``height, width``         NeMo only: the original photo's size (int)
+``occ_mask``              NeMo only: ``(height, width)`` bool occluder mask in original pixels, or
+                          ``None`` (a pickled object array: recognised from its header, never unpickled)
+``bbox``                  ours: ``(4,)`` float ``(x0, y0, x1, y1)``, pixel edges, of the amodal mask (optional)
 ``mask``                  ``(H, W)`` bool amodal object mask (optional)
-``occluder_mask``         ``(H, W)`` bool (optional)
+``occluder_mask``         ``(H, W)`` bool (optional; takes precedence over ``occ_mask``)
 ``visible_mask``          ``(H, W)`` bool, ``mask & ~occluder_mask`` (optional; derived if absent)
 ``occlusion_ratio``       float, ``1 - |visible_mask| / |mask|`` (optional; derived if absent)
 ``level``                 int 0–3 (optional; the folder gives it)
@@ -48,6 +87,7 @@ timestamp, so the same arrays give the same bytes.
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import zipfile
@@ -64,8 +104,14 @@ from .shapes import CATEGORIES
 
 __all__ = [
     "Sample", "Pascal3D", "read_annotation", "read_image", "write_sample", "write_list", "read_list",
-    "atomic_write_bytes", "npz_bytes", "level_folders", "REQUIRED_FIELDS", "OPTIONAL_FIELDS",
+    "nemo_lists", "atomic_write_bytes", "npz_bytes", "level_folders", "detect_convention", "cad_is_z_up",
+    "nemo_resize_rate", "nemo_crop_camera", "nemo_crop_mask", "REQUIRED_FIELDS", "OPTIONAL_FIELDS",
+    "NEMO_FIELDS", "DMNT_FORMAT", "OCC_ROOT_NAME", "CAD_RELEASE_NAME",
 ]
+
+DMNT_FORMAT = "dmnt-synthetic-pascal3d"  # meta.json "format" of our datasets: the convention marker
+OCC_ROOT_NAME = "PASCAL3D_OCC_NeMo"  # NeMo's OccludedPASCAL3D+ root, looked for next to the L0 root
+CAD_RELEASE_NAME = "PASCAL3D+_release1.1"  # the PASCAL3D+ release folder, whose CAD/ NeMo uses
 
 REQUIRED_FIELDS = ("cad_index", "azimuth", "elevation", "theta", "distance", "focal", "viewport", "principal")
 _IMAGE_EXTS = (".png", ".JPEG", ".jpg", ".jpeg", ".PNG", ".JPG")
@@ -81,6 +127,10 @@ class Sample:
         principal: ``(2,)`` float64 ``(x, y)`` pixels. Angles in radians.
         bbox: ``(4,)`` float64 or None. mask, visible_mask, occluder_mask: ``(H, W)`` bool or None.
         occlusion_ratio: float or None (unknown without masks).
+        convention: ``"dmnt"`` or ``"nemo"`` (see the module docstring); the camera fields are
+            always those of the stored image.
+        crop: NeMo only, how the stored image was cut from the photo (``nemo_crop_camera``'s
+            dict plus ``original_principal``); None for ours.
     """
 
     id: str
@@ -101,19 +151,23 @@ class Sample:
     occlusion_ratio: float | None
     image_path: Path
     annotation_path: Path
+    convention: str = "dmnt"
+    crop: dict | None = None
 
 
 # --------------------------------------------------------------------------- writing
 
 
-def npz_bytes(arrays: dict) -> bytes:
+def npz_bytes(arrays: dict, allow_pickle: bool = False) -> bytes:
     """A compressed ``.npz`` (readable by ``np.load``) whose bytes depend only on ``arrays``
-    (``np.savez_compressed`` stamps the current time into the zip)."""
+    (``np.savez_compressed`` stamps the current time into the zip). ``allow_pickle=True``
+    writes object arrays as ``np.savez`` does (pickled) — only ``nemo_prep`` needs that, to
+    write NeMo's ``occ_mask=None`` faithfully; nothing here ever reads such a member."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for key, value in arrays.items():
             member = io.BytesIO()
-            np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+            np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=allow_pickle)
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, member.getvalue())
@@ -195,6 +249,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 # Fields read_annotation uses; any other field (NeMo's name, box, cropped_kp_list, ..., even a
 # pickled object array) is never read: members are decoded one by one, only for these names.
 OPTIONAL_FIELDS = ("category", "level", "bbox", "mask", "visible_mask", "occluder_mask", "occlusion_ratio")
+NEMO_FIELDS = ("height", "width", "occ_mask")  # NeMo's, in original-photo pixels
 # What zipfile raises on a damaged archive (structure, deflate stream, CRC, flag bits that
 # claim encryption or an unknown compression method).
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, KeyError, NotImplementedError,
@@ -212,6 +267,16 @@ def _check_members(zf: zipfile.ZipFile, raw: bytes) -> None:
         zf.open(info).close()  # reads only the local header: magic, flags, name must match
 
 
+def _holds_objects(blob: bytes) -> bool:
+    """Whether a ``.npy`` member holds Python objects, from its header alone (nothing unpickled)."""
+    fp = io.BytesIO(blob)
+    version = np.lib.format.read_magic(fp)
+    if version not in ((1, 0), (2, 0)):
+        return False  # then read_array(allow_pickle=False) refuses objects, as a corrupt field
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read_header(fp)[2].hasobject
+
+
 def _load_fields(path: Path) -> dict:
     """The known fields of an ``.npz`` as arrays; other members are never read."""
     raw = path.read_bytes()
@@ -220,12 +285,14 @@ def _load_fields(path: Path) -> dict:
             _check_members(zf, raw)
             members = {n[:-4] if n.endswith(".npy") else n: n for n in zf.namelist()}  # np.savez adds .npy
             # zf.read verifies each member's CRC, so damaged data fails here, before any parsing
-            blobs = {k: zf.read(members[k]) for k in REQUIRED_FIELDS + OPTIONAL_FIELDS if k in members}
+            blobs = {k: zf.read(members[k]) for k in REQUIRED_FIELDS + OPTIONAL_FIELDS + NEMO_FIELDS if k in members}
     except _ZIP_ERRORS as e:
         raise ValueError(f"corrupt annotation file {path}: {type(e).__name__}: {e}") from None
     data = {}
     for key, blob in blobs.items():
         try:
+            if key == "occ_mask" and _holds_objects(blob):
+                continue  # NeMo's occ_mask=None: an object array, pickled; absent for us, never unpickled
             data[key] = np.lib.format.read_array(io.BytesIO(blob), allow_pickle=False)
         except Exception as e:  # noqa: BLE001 -- an intact member that numpy cannot parse (its header parser
             # raises SyntaxError, TokenError, ValueError, ...; pickled objects are refused): a corrupt field
@@ -288,8 +355,11 @@ def read_annotation(path: str | os.PathLike, image_shape: tuple[int, int] | None
         A dict with ``cad_index`` (int), ``azimuth, elevation, theta, distance`` (float),
         ``focal`` (float, **pixels**), ``principal`` ``(2,)`` float64, ``bbox`` ``(4,)`` float64,
         ``mask``, ``visible_mask``, ``occluder_mask`` ``(H, W)`` bool, ``occlusion_ratio`` (float),
-        ``category`` (str), ``level`` (int); each None if absent (``visible_mask`` and
-        ``occlusion_ratio`` are derived from the other masks when those are present).
+        ``category`` (str), ``level`` (int), and NeMo's ``height``, ``width`` (int) and
+        ``occ_mask`` ``(height, width)`` bool; each None if absent (``occ_mask=None`` included;
+        ``visible_mask`` and ``occlusion_ratio`` are derived from the other masks when those
+        are present). The camera fields are as stored: for a NeMo file ``focal`` and
+        ``principal`` are the original photo's (``nemo_crop_camera`` maps them to the crop).
 
     Raises:
         FileNotFoundError: no such file. TypeError: bad argument. ValueError: unreadable
@@ -339,6 +409,19 @@ def read_annotation(path: str | os.PathLike, image_shape: tuple[int, int] | None
         raise ValueError(f"{path}: field 'occlusion_ratio' ({stored}) disagrees with the masks "
                          f"(1 - |visible_mask| / |mask| = {measured})")
     out["occlusion_ratio"] = stored if stored is not None else measured
+    for key in ("height", "width"):
+        out[key] = _integer(path, data, key) if key in data else None
+        if out[key] is not None and out[key] < 1:
+            raise ValueError(f"{path}: field {key!r} must be >= 1, got {out[key]}")
+    occ = data.get("occ_mask")
+    if occ is not None:
+        occ = np.asarray(occ)
+        want = (out["height"], out["width"])
+        if occ.dtype.kind not in "biu" or occ.ndim != 2 or (None not in want and occ.shape != want):
+            raise ValueError(f"{path}: field 'occ_mask' must be a bool mask of the original photo's size "
+                             f"(height, width) = {want}, got shape {occ.shape} dtype {occ.dtype}")
+        occ = occ.astype(bool)
+    out["occ_mask"] = occ
     out["category"] = _string(path, data, "category") if "category" in data else None
     out["level"] = _integer(path, data, "level") if "level" in data else None
     if out["level"] is not None and out["level"] not in (0, 1, 2, 3):
@@ -346,68 +429,230 @@ def read_annotation(path: str | os.PathLike, image_shape: tuple[int, int] | None
     return out
 
 
-def level_folders(root: str | os.PathLike, category: str, level: int) -> tuple[Path, Path, Path]:
+# --------------------------------------------------------------------------- NeMo's crop
+
+
+def nemo_resize_rate(distance: float, bbox=None) -> float:
+    """NeMo's resize factor of a photo: ``200 * distance / 1000``, or when that is ``<= 0``
+    (PASCAL3D+ has a few objects without a distance) ``224 / min(box side)`` of the integer
+    box ``int(bbox)`` (``bbox = (x0, y0, x1, y1)`` original pixels; required then)."""
+    rate = float(200 * float(distance) / 1000)  # NeMo's exact expression (its float rounding included)
+    if rate <= 0:
+        if bbox is None:
+            raise ValueError(f"distance {distance} <= 0: NeMo's fallback rate needs the PASCAL3D+ bbox")
+        b = np.asarray(bbox, dtype=np.float64).astype(np.int32)  # BboxTools.from_numpy truncates
+        side = min(int(b[3]) - int(b[1]), int(b[2]) - int(b[0]))
+        if side <= 0:
+            raise ValueError(f"bbox {list(bbox)} has no area: no resize rate")
+        rate = 224 / side
+    return rate
+
+
+def nemo_crop_camera(principal, distance: float, focal_px: float, original_hw, crop_hw, bbox=None) -> dict:
+    """Where NeMo's crop of a photo lies, and the camera of the crop (module docstring).
+
+    Args:
+        principal: ``(2,)`` ``(x, y)`` principal point in original-photo pixels.
+        distance: the annotation's distance (gives the rate, ``nemo_resize_rate``).
+        focal_px: ``focal * viewport`` (PASCAL3D+: 3000).
+        original_hw: ``(H, W)`` of the photo (the annotation's ``height``, ``width``).
+        crop_hw: ``(h, w)`` of the stored crop.
+        bbox: for the fallback rate only.
+
+    Returns:
+        ``{"rate": float, "resized_hw": (int(H rate), int(W rate)), "scale": (sx, sy)`` the
+        per-axis resize factors, ``"origin": (x0, y0)`` ints, the crop's top-left corner in the
+        resized photo (negative or beyond it where NeMo zero-padded), ``"principal": (2,)``
+        float64 in crop pixels, ``"focal": focal_px * rate``}.
+    """
+    h0, w0 = (int(x) for x in original_hw)
+    h, w = (int(x) for x in crop_hw)
+    rate = nemo_resize_rate(distance, bbox)
+    rh, rw = int(h0 * rate), int(w0 * rate)  # cv2.resize(dsize=(int(W * rate), int(H * rate)))
+    if rh < 1 or rw < 1:
+        raise ValueError(f"resize rate {rate} leaves no pixel of a {h0}x{w0} photo")
+    p = np.asarray(principal, dtype=np.float64).reshape(2)
+    cx, cy = (p * rate).astype(int)  # NeMo: (principal[::-1] * rate).astype(int), truncation to zero
+    x0, y0 = int(cx) - w // 2, int(cy) - h // 2  # BboxTools.box_by_shape: [c - s // 2, c - s // 2 + s)
+    scale = (rw / w0, rh / h0)
+    return {"rate": rate, "resized_hw": (rh, rw), "scale": scale, "origin": (x0, y0),
+            "principal": np.array([p[0] * scale[0] - x0, p[1] * scale[1] - y0]), "focal": float(focal_px) * rate}
+
+
+def nemo_crop_mask(mask: np.ndarray, crop: dict, crop_hw) -> np.ndarray:
+    """A mask in original-photo pixels, resized (nearest) and cut out like NeMo's image.
+
+    Args:
+        mask: ``(H, W)`` bool. crop: ``nemo_crop_camera``'s dict. crop_hw: ``(h, w)``.
+
+    Returns:
+        ``(h, w)`` bool; False where the window leaves the photo (NeMo's zero padding).
+    """
+    from PIL import Image
+
+    rh, rw = crop["resized_hw"]
+    # PIL's NEAREST samples the source at (j + 0.5) / s - 0.5 rounded: the pixel-centre mapping
+    # of cv2.resize, so the mask lands on the pixels the image's content does.
+    resized = np.asarray(Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize((rw, rh), Image.NEAREST)) > 127
+    return crop_window(resized, crop["origin"], crop_hw)
+
+
+def crop_window(array: np.ndarray, origin, size) -> np.ndarray:
+    """``array[y0:y0 + h, x0:x0 + w]`` with zeros where the window leaves it (any origin).
+
+    ``array (H, W, ...)``; ``origin (x0, y0)`` ints; ``size (h, w)``; returns ``(h, w, ...)``.
+    """
+    x0, y0 = (int(v) for v in origin)
+    h, w = (int(v) for v in size)
+    out = np.zeros((h, w) + array.shape[2:], dtype=array.dtype)
+    ys, xs = max(y0, 0), max(x0, 0)
+    ye, xe = min(y0 + h, array.shape[0]), min(x0 + w, array.shape[1])
+    if ye > ys and xe > xs:
+        out[ys - y0:ye - y0, xs - x0:xe - x0] = array[ys:ye, xs:xe]
+    return out
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def detect_convention(root: str | os.PathLike) -> tuple[str, dict | None]:
+    """``("dmnt", meta)`` if ``root/meta.json`` marks the folder as ours (``format ==
+    DMNT_FORMAT``), else ``("nemo", None)``: then every annotation must be NeMo's (checked per
+    file, ``ValueError`` for one that fits neither). An unreadable ``meta.json`` is an error."""
+    path = Path(root) / "meta.json"
+    if not path.exists():
+        return "nemo", None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is not readable JSON ({e}): cannot tell whose data {root} holds") from None
+    if isinstance(meta, dict) and meta.get("format") == DMNT_FORMAT:
+        return "dmnt", meta
+    raise ValueError(f"{path} does not mark a dmnt dataset (format {meta.get('format') if isinstance(meta, dict) else meta!r}, "
+                     f"expected {DMNT_FORMAT!r}) and NeMo's folders have no meta.json: {root} fits neither convention")
+
+
+def cad_is_z_up(root: str | os.PathLike) -> bool:
+    """Whether the CAD files a folder goes with are stored z up (PASCAL3D+'s on-disk frame):
+    always, except for our format-version-1 datasets (``meta.json`` without ``cad_frame``) and
+    a ``meta.json`` of ours saying ``"cad_frame": "y_up"``. For every reader of ``CAD/``."""
+    convention, meta = detect_convention(root)
+    if convention != "dmnt":
+        return True
+    frame = meta.get("cad_frame", "y_up" if meta.get("version", 1) == 1 else None)
+    if frame not in ("z_up", "y_up"):
+        raise ValueError(f"{Path(root) / 'meta.json'}: 'cad_frame' must be 'z_up' or 'y_up', got {frame!r}")
+    return frame == "z_up"
+
+
+def level_folders(root: str | os.PathLike, category: str, level: int, occ_root=None) -> tuple[Path, Path, Path]:
     """``(images_dir, annotations_dir, list_path)`` of one category and level, in whichever
-    layout ``root`` uses (ours ``L{k}/...`` first, then NeMo's ``<cat>FGL{k}_BGL{k}``)."""
+    layout ``root`` uses (ours ``L{k}/...`` first, then NeMo's ``<cat>`` / ``<cat>FGL{k}_BGL{k}``
+    in ``root``, then for ``level >= 1`` in ``occ_root``, NeMo's separate OccludedPASCAL3D+ root)."""
     root = Path(root)
     ours = root / f"L{level}"
     if (ours / "annotations" / category).is_dir():
         return ours / "images" / category, ours / "annotations" / category, ours / "lists" / f"{category}.txt"
     name = category if level == 0 else f"{category}FGL{level}_BGL{level}"
-    if (root / "annotations" / name).is_dir():
-        lst = root / "lists" / f"{name}.txt"
-        return root / "images" / name, root / "annotations" / name, lst if lst.exists() else root / "lists" / name
-    raise FileNotFoundError(
-        f"no {category} level {level} data under {root}: expected {ours / 'annotations' / category} (ours) "
-        f"or {root / 'annotations' / name} (NeMo)"
-    )
+    tried = [ours / "annotations" / category]
+    for base in [root] + ([Path(occ_root)] if occ_root is not None and level > 0 else []):
+        tried.append(base / "annotations" / name)
+        if (base / "annotations" / name).is_dir():
+            lst = base / "lists" / f"{name}.txt"
+            return base / "images" / name, base / "annotations" / name, lst if lst.exists() else base / "lists" / name
+    raise FileNotFoundError(f"no {category} level {level} data: none of {', '.join(map(str, tried))} exists")
+
+
+def nemo_lists(folder: str | os.PathLike) -> dict:
+    """NeMo's list folder ``lists/<cat>/``: ``{"subtypes": {name: [ids]}, "meshes": {NN: [ids]}}``
+    (``meshNN.txt`` lists the images of CAD model ``NN``; any other ``*.txt`` is a subtype)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"list folder not found: {folder}")
+    out = {"subtypes": {}, "meshes": {}}
+    for f in sorted(folder.glob("*.txt")):
+        stem = f.stem
+        if stem.startswith("mesh") and stem[4:].isdigit():
+            out["meshes"][int(stem[4:])] = read_list(f)
+        else:
+            out["subtypes"][stem] = read_list(f)
+    return out
+
+
+def _find_cad_root(root: Path) -> Path:
+    """Where ``CAD/`` is: ``root``, its parent, or ``PASCAL3D+_release1.1`` next to it (first found;
+    the parent if none, so that the error names a path)."""
+    for base in (root, root.parent, root.parent / CAD_RELEASE_NAME):
+        if (base / "CAD").is_dir():
+            return base
+    return root.parent
 
 
 class Pascal3D:
-    """An index over a PASCAL3D+-layout folder (either layout), read lazily.
+    """An index over a PASCAL3D+-layout folder (either layout, either convention), read lazily.
 
     Args:
-        root: the split folder (NeMo) or the dataset folder (ours); str or path.
+        root: our dataset folder, or a NeMo root (``PASCAL3D_train_NeMo``, ``PASCAL3D_NeMo``);
+            str or path.
         categories: sequence of names from ``CATEGORIES`` (not a bare str); default: every
             category present at all ``levels``.
         levels: sequence of occlusion levels from ``0, 1, 2, 3`` to include (0 = unoccluded),
             in this order.
-        cad_root: folder holding ``CAD/``; default ``root``, else ``root``'s parent.
+        cad_root: folder holding ``CAD/``; default the first of ``root``, its parent and
+            ``<parent>/PASCAL3D+_release1.1`` that has one.
+        occ_root: NeMo's OccludedPASCAL3D+ root for levels 1–3 when ``root`` lacks them;
+            default ``<parent>/PASCAL3D_OCC_NeMo`` if it exists.
+
+    Attributes:
+        convention: ``"dmnt"`` or ``"nemo"`` (``detect_convention``). cad_z_up: whether the CAD
+            files are stored z up (converted on load). items: ``(category, level, id,
+            images_dir, annotation_path)`` per sample.
 
     Raises:
-        TypeError / ValueError: a bad argument (named). FileNotFoundError: missing folders or lists.
+        TypeError / ValueError: a bad argument (named), or a folder that fits no convention.
+        FileNotFoundError: missing folders or lists.
     """
 
-    def __init__(self, root, categories=None, levels=(0,), cad_root=None):
+    def __init__(self, root, categories=None, levels=(0,), cad_root=None, occ_root=None):
         self.root = _checks.path("root", root)
         self.levels = tuple(_checks.int_list("levels", levels, (0, 1, 2, 3), sort=False))
         if categories is not None:
             categories = _checks.names("categories", categories, CATEGORIES)
         cad_root = None if cad_root is None else _checks.path("cad_root", cad_root)
+        occ_root = None if occ_root is None else _checks.path("occ_root", occ_root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset root not found: {self.root}")
+        self.convention, _ = detect_convention(self.root)
+        self.cad_z_up = cad_is_z_up(self.root)
+        if occ_root is None and (self.root.parent / OCC_ROOT_NAME).is_dir() and self.root.name != OCC_ROOT_NAME:
+            occ_root = self.root.parent / OCC_ROOT_NAME
+        self.occ_root = occ_root
         if categories is None:
             categories = [c for c in CATEGORIES if all(self._has(c, k) for k in self.levels)]
             if not categories:
-                raise FileNotFoundError(f"no category has data at levels {self.levels} under {self.root}")
+                raise FileNotFoundError(f"no category has data at levels {self.levels} under {self.root}"
+                                        + (f" or {self.occ_root}" if self.occ_root else ""))
         self.categories = tuple(categories)
         self.items: list[tuple[str, int, str, Path, Path]] = []
+        self._list_cad: dict[int, int] = {}  # item -> the cad_index its meshNN.txt list gives
         for cat in self.categories:
             for level in self.levels:
-                img_dir, ann_dir, lst = level_folders(self.root, cat, level)
+                img_dir, ann_dir, lst = level_folders(self.root, cat, level, self.occ_root)
                 if not lst.exists():
                     raise FileNotFoundError(f"list not found: {lst} (the samples in {ann_dir} are indexed by it, "
                                             "one id per line; nothing is guessed from the folder's contents)")
+                by_mesh = nemo_lists(lst)["meshes"] if lst.is_dir() else {}
+                cad_of = {sid: k for k, ids in by_mesh.items() for sid in ids}
                 for sid in read_list(lst):
+                    if sid in cad_of:
+                        self._list_cad[len(self.items)] = cad_of[sid]
                     self.items.append((cat, level, sid, img_dir, ann_dir / f"{sid}.npz"))
-        if cad_root is None:
-            cad_root = self.root if (self.root / "CAD").is_dir() else self.root.parent
-        self.cad_root = Path(cad_root)
+        self.cad_root = Path(cad_root) if cad_root is not None else _find_cad_root(self.root)
         self._cad_cache: dict = {}
 
     def _has(self, category, level) -> bool:
         try:
-            level_folders(self.root, category, level)
+            level_folders(self.root, category, level, self.occ_root)
             return True
         except FileNotFoundError:
             return False
@@ -419,6 +664,7 @@ class Pascal3D:
         i = _checks.integer("index", i)
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} samples")
+        i %= len(self)
         cat, level, sid, img_dir, ann_path = self.items[i]
         img_path = next((img_dir / f"{sid}{e}" for e in _IMAGE_EXTS if (img_dir / f"{sid}{e}").is_file()), None)
         if img_path is None:
@@ -429,21 +675,41 @@ class Pascal3D:
             raise ValueError(f"{ann_path}: category {ann['category']!r} does not match its folder ({cat!r})")
         if ann["level"] is not None and ann["level"] != level:
             raise ValueError(f"{ann_path}: level {ann['level']} does not match its folder (level {level})")
+        if i in self._list_cad and self._list_cad[i] != ann["cad_index"]:
+            raise ValueError(f"{ann_path}: cad_index {ann['cad_index']} but the id is listed in "
+                             f"mesh{self._list_cad[i]:02d}.txt")
+        focal, principal, bbox, occ, crop = ann["focal"], ann["principal"], ann["bbox"], ann["occluder_mask"], None
+        if self.convention == "nemo":
+            missing = [k for k in ("height", "width") if ann[k] is None]
+            if missing:
+                raise ValueError(
+                    f"{ann_path} fits neither convention: {self.root} has no meta.json marking it as dmnt data "
+                    f"(format {DMNT_FORMAT!r}), so its annotations must be NeMo's, but this one lacks NeMo's "
+                    f"{missing} (the original photo's size, which places the crop)")
+            crop = nemo_crop_camera(principal, ann["distance"], focal, (ann["height"], ann["width"]), image.shape[:2])
+            crop["original_principal"] = principal
+            focal, principal, bbox = crop["focal"], crop["principal"], None
+            if occ is None and ann["occ_mask"] is not None:
+                occ = nemo_crop_mask(ann["occ_mask"], crop, image.shape[:2])
+        visible, ratio = ann["visible_mask"], ann["occlusion_ratio"]
+        if occ is not ann["occluder_mask"] and ann["mask"] is not None:
+            visible = ann["mask"] & ~occ
+            ratio = 1.0 - visible.sum() / ann["mask"].sum() if ann["mask"].any() else 0.0
         return Sample(
             id=sid, category=cat, level=level, image=image, cad_index=ann["cad_index"],
             azimuth=ann["azimuth"], elevation=ann["elevation"], theta=ann["theta"], distance=ann["distance"],
-            focal=ann["focal"], principal=ann["principal"], bbox=ann["bbox"], mask=ann["mask"],
-            visible_mask=ann["visible_mask"], occluder_mask=ann["occluder_mask"],
-            occlusion_ratio=ann["occlusion_ratio"], image_path=img_path, annotation_path=ann_path,
+            focal=focal, principal=principal, bbox=bbox, mask=ann["mask"],
+            visible_mask=visible, occluder_mask=occ, occlusion_ratio=ratio,
+            image_path=img_path, annotation_path=ann_path, convention=self.convention, crop=crop,
         )
 
     def cad_path(self, category: str, cad_index: int) -> Path:
         return self.cad_root / "CAD" / category / f"{int(cad_index):02d}.off"
 
     def cad(self, category: str, cad_index: int):
-        """The CAD model ``(verts (V, 3) float32, faces (F, 3) int64)`` (cached)."""
+        """The CAD model ``(verts (V, 3) float32, faces (F, 3) int64)`` in our y-up frame (cached;
+        converted from PASCAL3D+'s z-up files, ``mesh.read_off(..., z_up=True)``)."""
         key = (category, int(cad_index))
         if key not in self._cad_cache:
-            self._cad_cache[key] = read_off(self.cad_path(category, cad_index))
+            self._cad_cache[key] = read_off(self.cad_path(category, cad_index), z_up=self.cad_z_up)
         return self._cad_cache[key]
-

@@ -6,7 +6,7 @@ wings, extruded profiles) whose dimensions are drawn from a seeded RNG, and stru
 variants (sedan / SUV / pickup, jet / propeller plane, sailboat / motorboat, ...) cycle with
 the model index, so silhouettes differ clearly between categories and vary within one.
 
-Units and frame (PASCAL3D+ CAD convention, kept by ``camera.py``):
+Units and frame (in memory; ``camera.py``'s convention, which is NeMo's after its CAD conversion):
 
 * y is up, the object's **front points to +z** (azimuth 0 looks at the front, azimuth π/2
   at its left side, which faces +x), width runs along x;
@@ -16,7 +16,11 @@ Every part is a closed, consistently outward-oriented triangle mesh (each direct
 appears once and its reverse once; the signed volume is positive). Parts may interpenetrate
 — as in PASCAL3D+'s CAD files, the model is a union of closed shells, which is all that
 rasterization and silhouettes need. Part materials (``MATERIALS``) are kept in memory for
-shading; the ``.off`` files store geometry only, like PASCAL3D+'s.
+shading; the ``.off`` files store geometry only, like PASCAL3D+'s, and in PASCAL3D+'s on-disk
+frame (z up; ``write_cad_library``).
+
+Every model has a defined azimuth: even the bottles, mostly surfaces of revolution, carry a
+label on their front only (``label_patch``, its own material), as real bottles do.
 
 The number of models per category equals PASCAL3D+'s (``NUM_CAD_MODELS``); ``cad_index`` is
 1-based, as in PASCAL3D+ annotations, and model ``k`` is written as ``CAD/<category>/{k:02d}.off``.
@@ -32,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..mesh import UVMesh, write_off
+from ..mesh import UVMesh, write_off, y_up_to_z_up
 
 __all__ = [
     "CATEGORIES", "NUM_CAD_MODELS", "MATERIALS", "CADModel", "cad_model", "cad_models",
@@ -211,6 +215,18 @@ def revolve(ys, radii, material, name="revolve", n=14):
     return _part(_loft(rings), material, name)
 
 
+def label_patch(radius, y0, y1, width, material, name="label", n=9, thickness=0.09):
+    """A curved slab on a vertical cylinder of ``radius``: angles ``±width/2`` (radians) about
+    the front (+z, angle measured towards +x), heights ``y0..y1``, radii from
+    ``(1 - thickness/2) radius`` (inside the bottle's 14-gon, whose flats lie at 0.975 radius)
+    to ``(1 + thickness/2) radius``. A sweep of a rectangle, capped at both ends: closed."""
+    r0, r1 = radius * (1 - thickness / 2), radius * (1 + thickness / 2)
+    rect = np.array([[r0, y0], [r1, y0], [r1, y1], [r0, y1]])
+    rings = [np.c_[rect[:, 0] * np.sin(a), rect[:, 1], rect[:, 0] * np.cos(a)]
+             for a in np.linspace(-width / 2, width / 2, n)]
+    return _part(_loft(np.stack(rings)), material, name)
+
+
 def wing(root_z, span, chord_root, chord_tip, thickness, sweep, material, name="wing", y=0.0, dihedral=0.0, axis=0):
     """A symmetric tapered, swept wing through the centre: sections along x (``axis=0``,
     horizontal) or up y (``axis=1``, a fin; then ``span`` is its height from ``y``)."""
@@ -385,8 +401,11 @@ def _bottle(rng, v):
     parts = [revolve(ys, rs, "glass" if kind in (0, 2) else "body", "bottle")]
     top, rtop = ys[-1], rs[-1]
     parts.append(cylinder((0, top - 0.01, 0), (0, top + 0.05, 0), rtop * 1.15, "secondary", "cap", n=10))
-    y0, y1 = ys[1] * 0.3, ys[1] * 0.8
-    parts.append(cylinder((0, y0, 0), (0, y1, 0), R * 1.02, "light", "label", n=14))
+    # The label wraps only the front (+z) of the straight-walled section, as on real bottles: a
+    # surface of revolution alone has no azimuth, and its colours are random per image.
+    a, b = ((0, 1), (3, 4), (0, 1), (1, 2))[kind]
+    y0, y1 = ys[a] + 0.15 * (ys[b] - ys[a]), ys[b] - 0.15 * (ys[b] - ys[a])
+    parts.append(label_patch(R, y0, y1, np.radians(u(120, 160)), "light", "label"))
     if kind == 3:
         parts.append(torus((R * 0.95, ys[2] * 0.75, 0), (0, 0, 1), 0.12 * ys[-1] + 0.02, 0.025, "body", "handle", 12, 5))
     return parts
@@ -665,11 +684,16 @@ def cad_models(category: str, seed: int = 0) -> list[CADModel]:
 
 
 def write_cad_library(root: str | os.PathLike, categories=CATEGORIES, seed: int = 0) -> list[Path]:
-    """Write ``root/CAD/<category>/NN.off`` for every model (atomically); returns the paths."""
+    """Write ``root/CAD/<category>/NN.off`` for every model (atomically); returns the paths.
+
+    The files are in PASCAL3D+'s **on-disk frame (z up)**, like the real CAD files, so that one
+    reader serves both: ``mesh.read_off(path, z_up=True)`` gives back ``cad_model(...).verts``
+    exactly (``mesh.y_up_to_z_up`` is a permutation and a negation; ``%.9g`` round-trips float32).
+    """
     paths = []
     for cat in categories:
         for m in cad_models(cat, seed):
             path = Path(root) / "CAD" / cat / f"{m.index:02d}.off"
-            write_off(path, m.verts, m.faces)
+            write_off(path, y_up_to_z_up(m.verts), m.faces)
             paths.append(path)
     return paths

@@ -18,10 +18,9 @@ per-face normals. Background: a procedural texture, a few textured random shapes
 two *pieces* (random part subsets) of other categories' models at random poses. Images are
 hard-edged (no anti-aliasing), so the stored amodal mask is exactly the object's pixels.
 
-Rasterization is PyTorch3D's (``MeshRasterizer``, one face per pixel, no blur, as in
-``render.rasterize``); to keep CPU cost down only the object's projected bounding box is
-rasterized (a camera with a shifted principal point) and back faces are culled first, which is
-exact for closed shells seen from outside. ``tests/test_data.py`` checks that re-rendering the
+Rasterization is ``render.rasterize`` (one face per pixel, no blur; Embree ray casting on CPU,
+exact to PyTorch3D, docs/design.md §7); only the object's projected bounding box is rasterized
+(a camera with a shifted principal point). ``tests/test_data.py`` checks that re-rendering the
 stored CAD file with ``render.render_mask`` gives back the stored mask.
 
 Randomness: everything comes from ``numpy.random.SeedSequence(seed, spawn_key=...)`` keyed by
@@ -33,6 +32,10 @@ objects and poses; the CAD library, ``SceneConfig.cad_seed``, is shared, as PASC
 
 * training data, unoccluded as in the paper: ``python -m dmnt_lib data --out data/train --levels 0 --seed 0``;
 * test data at every occlusion level: ``python -m dmnt_lib data --out data/test --levels 0 1 2 3 --seed 1``.
+
+``CAD/<category>/NN.off`` is written in PASCAL3D+'s on-disk frame (z up, ``shapes.write_cad_library``)
+and ``meta.json`` says so (``cad_frame``) and marks the folder as ours (``format``), which is how
+``pascal3d.Pascal3D`` tells our stored-image cameras from NeMo's cropped ones.
 
 Output folders are claimed with a ``.dmnt-generating`` marker written before anything else and
 removed after ``meta.json``: ``overwrite`` only ever deletes a folder whose ``meta.json`` has
@@ -56,7 +59,7 @@ import torch
 from ..camera import camera_center, pose_to_cameras, pose_to_RT, project_points
 from . import _checks
 from .occlusion import LEVEL_RANGES, OcclusionError, place_occluders, procedural_texture, random_color, random_shape_field
-from .pascal3d import atomic_write_bytes, write_list, write_sample
+from .pascal3d import DMNT_FORMAT, atomic_write_bytes, write_list, write_sample
 from .shapes import CATEGORIES, MATERIALS, NUM_CAD_MODELS, CADModel, cad_model, write_cad_library
 
 __all__ = [
@@ -64,7 +67,9 @@ __all__ = [
     "generate_dataset", "check_dataset_args", "dataset_meta", "sample_id", "FORMAT", "VERSION", "MARKER",
 ]
 
-FORMAT, VERSION = "dmnt-synthetic-pascal3d", 1
+# Version 2: CAD files in PASCAL3D+'s on-disk frame (z up; "cad_frame" in meta.json). Version 1
+# stored them y up; pascal3d.Pascal3D reads both.
+FORMAT, VERSION = DMNT_FORMAT, 2
 MARKER = ".dmnt-generating"  # present while a generation runs (or after one was interrupted)
 
 
@@ -209,24 +214,20 @@ def render_model(model: CADModel, pose: dict, image_size, rng: np.random.Generat
     x1, y1 = min(int(math.ceil(hi[0])) + 1, w), min(int(math.ceil(hi[1])) + 1, h)
     if x1 <= x0 or y1 <= y0:
         return rgb, mask
+    from ..raster import rasterize
+
     tri = verts[model.faces]  # (F, 3, 3)
     normals = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    eye = camera_center(*angles[:2], angles[3])[0]
-    front = ((tri[:, 0] - eye) * normals).sum(-1) < 0  # back faces of closed shells are never seen
-    keep = torch.nonzero(front)[:, 0]
-    if len(keep) == 0:
-        return rgb, mask
-    from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
-    from pytorch3d.structures import Meshes
-
     cams = pose_to_cameras(*[a.float() for a in angles], image_size=(y1 - y0, x1 - x0), focal=f,
                            principal=torch.tensor(pp - [x0, y0], dtype=torch.float32))
-    settings = RasterizationSettings(image_size=(y1 - y0, x1 - x0), blur_radius=0.0, faces_per_pixel=1, bin_size=0)
-    frags = MeshRasterizer(cameras=cams, raster_settings=settings)(Meshes([model.verts], [model.faces[keep]]))
-    p2f = frags.pix_to_face[0, ..., 0]
-    win = (p2f >= 0).numpy()
-    face = keep[p2f[p2f >= 0]].numpy()
-    bary = frags.bary_coords[0, ..., 0, :][p2f >= 0].double().numpy()
+    # No back-face culling needed: from outside, the nearest hit on closed shells is a front face,
+    # and the whole mesh keeps one cached Embree scene per model across samples.
+    with torch.no_grad():
+        frags = rasterize(model.to_uvmesh(), cams, (y1 - y0, x1 - x0))
+    p2f = frags.pix_to_face[0]
+    win = frags.mask[0].numpy()
+    face = p2f[frags.mask[0]].numpy()
+    bary = frags.bary[0][frags.mask[0]].double().numpy()
     points = (bary[:, :, None] * tri.numpy()[face]).sum(1)
     n_view = (normals.numpy()[face] @ R[0].numpy())
     n_view /= np.linalg.norm(n_view, axis=-1, keepdims=True) + 1e-12
@@ -339,6 +340,9 @@ def dataset_meta(per_category: int, levels, seed: int, categories, config: Scene
         "num_cad_models": {c: NUM_CAD_MODELS[c] for c in categories},
         "level_ranges": {f"L{k}": list(LEVEL_RANGES[k]) for k in levels if k},
         "config": config.to_json(),
+        # the convention marker pascal3d.detect_convention reads: principal and focal * viewport
+        # are the stored image's; CAD files are z up on disk, like PASCAL3D+'s
+        "convention": "dmnt", "cad_frame": "z_up",
         "units": {"angles": "radians", "focal_pixels": "focal * viewport", "principal": "pixels (x, y)",
                   "bbox": "pixels (x0, y0, x1, y1), pixel edges"},
     }

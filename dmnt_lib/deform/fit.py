@@ -74,7 +74,9 @@ class CADModel:
 
 
 def load_cad_models(data_dir: str | os.PathLike, category: str) -> list[CADModel]:
-    """Read ``data_dir/CAD/<category>/*.off`` (sorted by name) with ``mesh.read_off``.
+    """Read ``data_dir/CAD/<category>/*.off`` (sorted by name) with ``mesh.read_off``, in our
+    y-up frame: CAD files are stored z up (PASCAL3D+'s, and the data generator's) unless
+    ``data_dir``'s ``meta.json`` says otherwise (``data.pascal3d.cad_is_z_up``).
 
     Raises:
         FileNotFoundError: the folder is missing or holds no ``.off`` file.
@@ -85,7 +87,10 @@ def load_cad_models(data_dir: str | os.PathLike, category: str) -> list[CADModel
     paths = sorted(folder.glob("*.off"))
     if not paths:
         raise FileNotFoundError(f"no .off files in {folder}")
-    return [CADModel(p.stem, *read_off(p)) for p in paths]
+    from ..data.pascal3d import cad_is_z_up
+
+    z_up = cad_is_z_up(data_dir)
+    return [CADModel(p.stem, *read_off(p, z_up=z_up)) for p in paths]
 
 
 def make_template(cad_models: list[CADModel], num_verts: int = 1000) -> UVMesh:

@@ -11,7 +11,8 @@ boxes grown by ``blur_radius`` *linearly* although ``blur_radius`` bounds a *squ
 distance, which silently drops faces whose sigmoid is still large. Here every face with
 sigmoid > 1e-4 counts. Distances and pixel centres follow PyTorch3D's conventions exactly
 (tests compare with its ``dists``); ``sigma`` is in squared *pixels*, so one value suits
-every resolution. ``hard_silhouette`` is PyTorch3D's rasterizer without blur.
+every resolution. ``hard_silhouette`` is ``raster.visibility`` (one face per pixel, no blur; Embree
+on CPU, exact to PyTorch3D's rasterizer).
 """
 
 from __future__ import annotations
@@ -50,23 +51,24 @@ def _meshes(verts: torch.Tensor, faces: torch.Tensor):
     return Meshes(verts=verts, faces=faces[None].expand(verts.shape[0], -1, -1))
 
 
-def hard_silhouette(verts: torch.Tensor, faces: torch.Tensor, cameras, image_size) -> torch.Tensor:
+def hard_silhouette(verts: torch.Tensor, faces: torch.Tensor, cameras, image_size, backend: str = "auto") -> torch.Tensor:
     """Binary silhouettes: pixels whose centre a face covers (one face per pixel, no blur).
 
     Args:
         verts: ``(B, V, 3)`` float, mesh ``b`` seen by camera ``b``; faces: ``(F, 3)`` int64.
         cameras: PyTorch3D cameras with batch ``B``. image_size: ``S`` or ``(H, W)``.
+        backend: ``raster.rasterize``'s (``"auto"``: Embree on CPU, PyTorch3D on CUDA).
 
     Returns:
         ``(B, H, W)`` bool (the same as ``render.render_mask`` for a ``UVMesh``).
     """
-    from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
+    from ..mesh import UVMesh
+    from ..raster import visibility
 
     h, w = _check_inputs(verts, faces, cameras, image_size)
-    settings = RasterizationSettings(image_size=(h, w), blur_radius=0.0, faces_per_pixel=1, bin_size=0)
-    with torch.no_grad():
-        frags = MeshRasterizer(cameras=cameras, raster_settings=settings)(_meshes(verts.detach().float(), faces))
-    return frags.pix_to_face[..., 0] >= 0
+    v = verts.detach().float()
+    mesh = UVMesh(v, faces, torch.zeros(1, 2, device=v.device), torch.zeros_like(faces))
+    return visibility(mesh, cameras, (h, w), backend=backend) >= 0
 
 
 def _signed_dist2(p: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:

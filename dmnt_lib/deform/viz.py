@@ -28,16 +28,14 @@ def shade(verts: torch.Tensor, faces: torch.Tensor, cameras, image_size) -> torc
     Returns:
         ``(B, H, W)`` float32: gray level in ``[0.15, 1]`` on the object, ``NaN`` on the background.
     """
-    from .silhouette import _meshes
-    from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
-
     from ..camera import _image_hw
+    from ..mesh import UVMesh
+    from ..raster import visibility
 
     h, w = _image_hw(image_size)
     b = len(cameras)
     vb = verts.detach().float()[None].expand(b, -1, -1)
-    settings = RasterizationSettings(image_size=(h, w), blur_radius=0.0, faces_per_pixel=1, bin_size=0)
-    p2f = MeshRasterizer(cameras=cameras, raster_settings=settings)(_meshes(vb, faces)).pix_to_face[..., 0]
+    p2f = visibility(UVMesh(vb[0], faces, torch.zeros(1, 2), torch.zeros_like(faces)), cameras, (h, w))
     view = cameras.get_world_to_view_transform().transform_points(vb)  # (B, V, 3)
     tri = view[:, faces]  # (B, F, 3, 3)
     n = torch.nn.functional.normalize(torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1), dim=-1)

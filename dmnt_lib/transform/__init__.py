@@ -34,10 +34,13 @@ class TransformInfo(NamedTuple):
     Attributes:
         count: ``(B, S_h, S_w)`` int32, table entries kept per texel (the ``n`` that divides the sum).
         dropped: ``(B,)`` int64, entries dropped per batch item by the ``max_quads_per_texel`` rule.
+        cross_chart_quads: ``(B,)`` int64, quads skipped per batch item because their four pixels are not
+            on one chart although the mask, seam and convexity rules would use them (all 0 without ``chart``).
     """
 
     count: torch.Tensor
     dropped: torch.Tensor
+    cross_chart_quads: torch.Tensor
 
 
 def _kernel_status(kind: str) -> tuple[bool, str]:
@@ -93,7 +96,11 @@ def _texture_hw(texture_size) -> tuple[int, int]:
     return int(sizes[0]), int(sizes[1])
 
 
-def _validate(features, uv, mask, seam_threshold, max_quads_per_texel, backend) -> None:
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _validate(features, uv, mask, seam_threshold, max_quads_per_texel, backend, chart) -> None:
+    """Checks of types, shapes, dtypes, devices and options: free (no device work, no host sync)."""
     for name, x in (("features", features), ("uv", uv), ("mask", mask)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -126,6 +133,19 @@ def _validate(features, uv, mask, seam_threshold, max_quads_per_texel, backend) 
         raise ValueError(f"features: H*W must be < 2^31 (int32 pixel indices), got {h}x{w}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if chart is not None:
+        if not isinstance(chart, torch.Tensor):
+            raise TypeError(f"chart must be a torch.Tensor or None, got {type(chart).__name__}")
+        if tuple(chart.shape) != (b, h, w):
+            raise ValueError(f"chart must have shape (B, H, W) = {(b, h, w)} to match features, got {tuple(chart.shape)}")
+        if chart.dtype not in _INT_DTYPES:
+            raise TypeError(f"chart must be an integer tensor (per-pixel chart id), got {chart.dtype}")
+        if chart.device != features.device:
+            raise ValueError(f"chart must be on the device of features ({features.device}), got {chart.device}")
+
+
+def _validate_values(features, uv, mask, chart) -> None:
+    """Data-dependent checks: each forces a host sync, so ``validate=False`` skips them."""
     with torch.no_grad():
         if not bool(torch.isfinite(features).all()):
             raise ValueError("features contains NaN or inf")
@@ -134,9 +154,14 @@ def _validate(features, uv, mask, seam_threshold, max_quads_per_texel, backend) 
             raise ValueError("uv contains NaN or inf on the mask")
         if uv_on.numel() and not (float(uv_on.min()) >= 0 and float(uv_on.max()) <= 1):
             raise ValueError(f"uv must lie in [0, 1] on the mask, got values in [{float(uv_on.min())}, {float(uv_on.max())}]")
+        if chart is not None and chart.dtype != torch.uint8:
+            chart_on = chart[mask]
+            if chart_on.numel() and int(chart_on.min()) < 0:
+                raise ValueError(f"chart must be >= 0 on the mask (-1 is for pixels off the mask), got {int(chart_on.min())}")
 
 
-def image_to_uv(features, uv, mask, texture_size, seam_threshold=0.2, max_quads_per_texel=10, backend="auto", return_info=False):
+def image_to_uv(features, uv, mask, texture_size, seam_threshold=0.2, max_quads_per_texel=10, backend="auto", return_info=False,
+                chart=None, validate=True):
     """Transform image-space features onto the texture ("surface") through a UV fragment.
 
     The inverse of texture sampling: each texel receives the image features bilinearly interpolated at the
@@ -151,22 +176,35 @@ def image_to_uv(features, uv, mask, texture_size, seam_threshold=0.2, max_quads_
         seam_threshold: float in ``(0, 1]``; quads whose ``u`` or ``v`` extent exceeds it are skipped (seams).
         max_quads_per_texel: ``K >= 1``, lookup-table entries kept per texel (the paper uses 10).
         backend: ``"auto"``, ``"torch"``, ``"cpp"`` or ``"cuda"`` (see Backends).
-        return_info: also return ``TransformInfo(count, dropped)``.
+        return_info: also return ``TransformInfo(count, dropped, cross_chart_quads)``.
+        chart: optional ``(B, H, W)`` integer tensor (same device), the UV chart id of each pixel, ``>= 0`` on
+            the mask (anything off the mask is ignored; -1 by convention): ``mesh.face_charts()[pix_to_face]``,
+            i.e. ``uv_fragment(...).chart``. With it, quads whose four pixels are not on one chart are skipped
+            (rule 2 (d)); without it the output is exactly that of the threshold rule alone.
+        validate: ``True`` (default, for user calls) also runs the data-dependent checks (NaN/inf in
+            ``features``, ``uv`` finite and in ``[0, 1]`` on the mask, ``chart >= 0`` on the mask) and warns on
+            table overflow; each needs a device-to-host sync. ``False`` (internal hot loops: training,
+            inference) skips them and the warning, keeping only the free type/shape/dtype/device/option
+            checks; the outputs are identical for valid inputs, invalid ones then give unspecified results.
 
     Returns:
         ``surface`` ``(B, C, S_h, S_w)`` (dtype of ``features``, zero where not visible), ``visible``
         ``(B, S_h, S_w)`` bool, and with ``return_info`` a ``TransformInfo``: ``count (B, S_h, S_w)`` int32
-        kept entries per texel, ``dropped (B,)`` int64.
+        kept entries per texel, ``dropped (B,)`` int64, ``cross_chart_quads (B,)`` int64.
 
     Rules (identical in every backend; ``reference.py`` implements them with plain loops):
 
     1. Texel space: ``q(p) = (u * S_w - 0.5, v * S_h - 0.5)``; texel ``(i, j)``'s centre is the point ``(j, i)``
-       (DESIGN §3, the ``grid_sample(align_corners=False)`` convention).
+       (docs/design.md §3, the ``grid_sample(align_corners=False)`` convention).
     2. Quads: the block at ``(y, x)`` has corners ``p1=(y,x), p2=(y,x+1), p3=(y+1,x+1), p4=(y+1,x)`` and index
-       ``qid = y * (W-1) + x``. It is used iff all four pixels are on the mask, its ``u`` and ``v`` extents are
-       ``<= seam_threshold``, and it is strictly convex: with turns ``c_k = cross(q_{k+1}-q_k, q_{k+2}-q_{k+1})``
-       and ``sigma = sign(sum c_k)`` (+1 for 0), every ``sigma * c_k > 1e-6 * (largest squared edge)``.
-       Folded, non-convex and degenerate quads (silhouette folds, seams) are skipped.
+       ``qid = y * (W-1) + x``. It is used iff (a) all four pixels are on the mask, (b) its ``u`` and ``v``
+       extents are ``<= seam_threshold``, (c) it is strictly convex: with turns
+       ``c_k = cross(q_{k+1}-q_k, q_{k+2}-q_{k+1})`` and ``sigma = sign(sum c_k)`` (+1 for 0), every
+       ``sigma * c_k > 1e-6 * (largest squared edge)``, and (d) with ``chart``, all four pixels have one chart id.
+       Folded, non-convex and degenerate quads (silhouette folds, seams) are skipped. The threshold (b) is the
+       paper's seam test, but it cannot see two charts that lie close in the atlas (the cuboid's charts are
+       0.02 apart): a block across such a seam has a small extent and would smear features across the
+       texture; (d) skips it. ``cross_chart_quads`` counts the quads that pass (a)-(c) and fail (d).
     3. Inverse bilinear: for each texel centre ``c`` in the quad's bounding box, solve
        ``X(s,t) = (1-s)(1-t) q1 + s(1-t) q2 + s t q3 + (1-s) t q4 = c``. Eliminating ``s`` gives
        ``k2 t^2 + k1 t + k0 = 0``; of its two roots, the one where ``2 k2 t + k1`` (= ``det J``) has the sign
@@ -193,9 +231,9 @@ def image_to_uv(features, uv, mask, texture_size, seam_threshold=0.2, max_quads_
     ``"cpp"``/``"cuda"`` on the wrong device raises ``ValueError``; when it cannot load, ``RuntimeError``.
 
     Raises:
-        TypeError / ValueError naming the argument for wrong types, shapes, dtypes, devices, NaN/inf,
-        ``uv`` outside ``[0, 1]`` on the mask, or out-of-range options. An empty mask is valid: nothing
-        is visible and all gradients are zero.
+        TypeError / ValueError naming the argument for wrong types, shapes, dtypes, devices, out-of-range
+        options and (with ``validate``) NaN/inf, ``uv`` outside ``[0, 1]`` or ``chart < 0`` on the mask.
+        An empty mask is valid: nothing is visible and all gradients are zero.
 
     Example:
         >>> import torch
@@ -211,21 +249,29 @@ def image_to_uv(features, uv, mask, texture_size, seam_threshold=0.2, max_quads_
     s_h, s_w = _texture_hw(texture_size)
     if s_h * s_w >= 2**31:
         raise ValueError(f"texture_size: S_h*S_w must be < 2^31 (int32 texel indices), got {(s_h, s_w)}")
-    _validate(features, uv, mask, seam_threshold, max_quads_per_texel, backend)
+    if not isinstance(validate, bool):
+        raise TypeError(f"validate must be a bool, got {validate!r}")
+    _validate(features, uv, mask, seam_threshold, max_quads_per_texel, backend, chart)
+    if validate:
+        _validate_values(features, uv, mask, chart)
     chosen = _pick_backend(backend, features.device)
     # Off-mask uv may be anything (NaN included); zero it so no backend ever reads it.
     uv = uv.masked_fill(~mask[..., None], 0.0)
+    if chart is not None:
+        chart = chart.to(torch.int64)  # no copy for the usual int64 (pix_to_face indexing gives int64)
     args = (s_h, s_w, float(seam_threshold), int(max_quads_per_texel))
     if chosen == "torch":
-        surface, visible, count, dropped = image_to_uv_torch(features, uv, mask, *args)
+        surface, visible, count, dropped, cross = image_to_uv_torch(features, uv, mask, *args, chart=chart)
     else:
         from .. import cuda as kernels
 
-        surface, visible, count, dropped = kernels.image_to_uv_kernel(features.contiguous(), uv.contiguous(), mask.contiguous(), *args)
-    n_dropped = int(dropped.sum())
-    if n_dropped:
-        warnings.warn(f"image_to_uv: {n_dropped} lookup-table entries dropped because more than max_quads_per_texel="
-                      f"{max_quads_per_texel} used quads cover some texels", TableOverflowWarning, stacklevel=2)
+        surface, visible, count, dropped, cross = kernels.image_to_uv_kernel(
+            features.contiguous(), uv.contiguous(), mask.contiguous(), *args, chart=chart)
+    if validate:  # the warning needs the count on the host: a sync that hot loops skip
+        n_dropped = int(dropped.sum())
+        if n_dropped:
+            warnings.warn(f"image_to_uv: {n_dropped} lookup-table entries dropped because more than max_quads_per_texel="
+                          f"{max_quads_per_texel} used quads cover some texels", TableOverflowWarning, stacklevel=2)
     if return_info:
-        return surface, visible, TransformInfo(count, dropped)
+        return surface, visible, TransformInfo(count, dropped, cross)
     return surface, visible

@@ -1,7 +1,7 @@
 """NumPy reference of the image→UV transform: plain loops, the readable ground truth.
 
 Every backend (the vectorized torch code, the C++ and CUDA kernels) must agree with this file.
-It follows the rules of DESIGN.md §4 as refined in the docstring of ``dmnt_lib.transform.image_to_uv``
+It follows the rules of docs/design.md §4 as refined in the docstring of ``dmnt_lib.transform.image_to_uv``
 step by step, in float64, one quad and one texel at a time. It is slow on purpose (readability
 first): use it on small inputs only (e.g. ``H, W <= 16``, ``S <= 24``).
 
@@ -40,12 +40,15 @@ class ReferenceInfo(NamedTuple):
     Attributes:
         count: ``(B, S_h, S_w)`` int32, number of kept table entries per texel (``n`` of the spec).
         dropped: ``(B,)`` int64, entries dropped because more than ``max_quads_per_texel`` quads covered a texel.
+        cross_chart: ``(B,)`` int64, quads that pass every other rule but are skipped because their four
+            pixels are not on one chart (0 without ``chart``).
         table: list of ``B`` dicts mapping a texel ``(i, j)`` to its kept entries, a list of
             ``(qid, s, t)`` in increasing ``qid`` (``qid = y * (W - 1) + x`` for the block at ``(y, x)``).
     """
 
     count: np.ndarray
     dropped: np.ndarray
+    cross_chart: np.ndarray
     table: list
 
 
@@ -156,10 +159,14 @@ def bilinear_weights(s: float, t: float) -> tuple[float, float, float, float]:
     return (1 - s) * (1 - t), s * (1 - t), s * t, (1 - s) * t
 
 
-def _as_inputs(features, uv, mask, texture_size):
+def _as_inputs(features, uv, mask, texture_size, chart=None):
     features = np.asarray(features, dtype=np.float64)
     uv = np.asarray(uv, dtype=np.float64)
     mask = np.asarray(mask, dtype=bool)
+    if chart is not None:
+        chart = np.asarray(chart)
+        if chart.shape != mask.shape or not np.issubdtype(chart.dtype, np.integer):
+            raise ValueError(f"chart must be an integer array of shape {mask.shape}, got {chart.dtype} {chart.shape}")
     if features.ndim != 4:
         raise ValueError(f"features must be (B, C, H, W), got shape {features.shape}")
     b, _, h, w = features.shape
@@ -167,13 +174,14 @@ def _as_inputs(features, uv, mask, texture_size):
         raise ValueError(f"uv must have shape {(b, h, w, 2)}, got {uv.shape}")
     if mask.shape != (b, h, w):
         raise ValueError(f"mask must have shape {(b, h, w)}, got {mask.shape}")
-    return features, uv, mask, texture_hw(texture_size)
+    return features, uv, mask, texture_hw(texture_size), chart
 
 
-def _build_table(uv, mask, s_h, s_w, seam_threshold, max_quads):
-    """Per batch item: texel -> kept [(qid, s, t)], plus the dropped count (spec rules 1-4)."""
+def _build_table(uv, mask, s_h, s_w, seam_threshold, max_quads, chart=None):
+    """Per batch item: texel -> kept [(qid, s, t)], plus the dropped and cross-chart counts (spec rules 1-4)."""
     n_batch, h, w = mask.shape
     tables, dropped = [], np.zeros(n_batch, dtype=np.int64)
+    cross_chart = np.zeros(n_batch, dtype=np.int64)
     for b in range(n_batch):
         covering: dict[tuple[int, int], list] = {}
         for y in range(h - 1):
@@ -184,6 +192,11 @@ def _build_table(uv, mask, s_h, s_w, seam_threshold, max_quads):
                 uv_corners = np.array([uv[b, py, px] for py, px in pixels])
                 sigma = quad_orientation(uv_corners, s_h, s_w, seam_threshold)
                 if sigma == 0:
+                    continue
+                # Rule 2 (d): the four pixels must lie on one chart (tested last, so it counts
+                # exactly the quads that the threshold and convexity rules would have kept).
+                if chart is not None and len({int(chart[b, py, px]) for py, px in pixels}) > 1:
+                    cross_chart[b] += 1
                     continue
                 q = np.stack([uv_corners[:, 0] * s_w - 0.5, uv_corners[:, 1] * s_h - 0.5], axis=1)
                 for i in texel_range(q[:, 1], s_h):
@@ -197,10 +210,10 @@ def _build_table(uv, mask, s_h, s_w, seam_threshold, max_quads):
             table[texel] = entries[:max_quads]
             dropped[b] += max(len(entries) - max_quads, 0)
         tables.append(table)
-    return tables, dropped
+    return tables, dropped, cross_chart
 
 
-def image_to_uv_reference(features, uv, mask, texture_size, seam_threshold=0.2, max_quads_per_texel=10):
+def image_to_uv_reference(features, uv, mask, texture_size, seam_threshold=0.2, max_quads_per_texel=10, chart=None):
     """Forward of the image→UV transform with loops, in float64.
 
     Args:
@@ -210,13 +223,15 @@ def image_to_uv_reference(features, uv, mask, texture_size, seam_threshold=0.2, 
         texture_size: ``S`` or ``(S_h, S_w)``.
         seam_threshold: quads whose u or v extent exceeds this are skipped.
         max_quads_per_texel: ``K``, table entries kept per texel (smallest qid first).
+        chart: optional ``(B, H, W)`` array-like of ints, the per-pixel chart id; quads whose four
+            pixels are not on one chart are skipped.
 
     Returns:
         ``surface (B, C, S_h, S_w)`` float64, ``visible (B, S_h, S_w)`` bool, ``ReferenceInfo``.
     """
-    features, uv, mask, (s_h, s_w) = _as_inputs(features, uv, mask, texture_size)
+    features, uv, mask, (s_h, s_w), chart = _as_inputs(features, uv, mask, texture_size, chart)
     n_batch, n_ch, _, w = features.shape
-    tables, dropped = _build_table(uv, mask, s_h, s_w, seam_threshold, max_quads_per_texel)
+    tables, dropped, cross_chart = _build_table(uv, mask, s_h, s_w, seam_threshold, max_quads_per_texel, chart)
     surface = np.zeros((n_batch, n_ch, s_h, s_w))
     count = np.zeros((n_batch, s_h, s_w), dtype=np.int32)
     for b, table in enumerate(tables):
@@ -228,25 +243,26 @@ def image_to_uv_reference(features, uv, mask, texture_size, seam_threshold=0.2, 
                     acc += wk * features[b, :, py, px]
             count[b, i, j] = len(entries)
             surface[b, :, i, j] = acc / len(entries)
-    return surface, count > 0, ReferenceInfo(count=count, dropped=dropped, table=tables)
+    return surface, count > 0, ReferenceInfo(count=count, dropped=dropped, cross_chart=cross_chart, table=tables)
 
 
-def image_to_uv_reference_backward(grad_surface, features, uv, mask, texture_size, seam_threshold=0.2, max_quads_per_texel=10):
+def image_to_uv_reference_backward(grad_surface, features, uv, mask, texture_size, seam_threshold=0.2, max_quads_per_texel=10,
+                                   chart=None):
     """Backward of the transform (spec rule 5) with loops, in float64; the table is rebuilt by the forward.
 
     Args:
         grad_surface: ``(B, C, S_h, S_w)`` upstream gradient ``G = dL/dsurface``.
-        features, uv, mask, texture_size, seam_threshold, max_quads_per_texel: as in the forward.
+        features, uv, mask, texture_size, seam_threshold, max_quads_per_texel, chart: as in the forward.
 
     Returns:
         ``grad_features (B, C, H, W)`` and ``grad_uv (B, H, W, 2)``, float64 (zero off the used quads).
     """
-    features, uv, mask, (s_h, s_w) = _as_inputs(features, uv, mask, texture_size)
+    features, uv, mask, (s_h, s_w), chart = _as_inputs(features, uv, mask, texture_size, chart)
     grad_surface = np.asarray(grad_surface, dtype=np.float64)
     n_batch, n_ch, _, w = features.shape
     if grad_surface.shape != (n_batch, n_ch, s_h, s_w):
         raise ValueError(f"grad_surface must have shape {(n_batch, n_ch, s_h, s_w)}, got {grad_surface.shape}")
-    tables, _ = _build_table(uv, mask, s_h, s_w, seam_threshold, max_quads_per_texel)
+    tables, _, _ = _build_table(uv, mask, s_h, s_w, seam_threshold, max_quads_per_texel, chart)
     grad_features = np.zeros_like(features)
     grad_uv = np.zeros_like(uv)
     for b, table in enumerate(tables):
