@@ -144,6 +144,7 @@ def test_right_category_wins_and_refinement_improves(world, three):
         assert p.poses[p.category]["score"] > p.poses[p.category]["init_score"]
 
 
+@pytest.mark.slow
 def test_top_k_all_equals_top_3(world, three):
     feats, principal, truth, _ = three
     cats = list(SHAPES)
@@ -154,8 +155,9 @@ def test_top_k_all_equals_top_3(world, three):
         textures[f"x{j}"] = random_texture(D, S, seed=50 + j)
         meshes[f"x{j}"] = cuboid_template([1.0 + 0.15 * j, 1.6 - 0.1 * j, 1.0], num_verts=250)
     kw = dict(background=world["background"], focal=FOCAL, principal=principal, image_size=(H, W), stride=STRIDE)
-    p3 = render_and_compare(feats, textures, meshes, config=CFG.replace(top_k=3), **kw)
-    p12 = render_and_compare(feats, textures, meshes, config=CFG.replace(top_k=12), **kw)
+    cfg = CFG.replace(steps=15)  # the equality holds at any step count; fewer keep the test short
+    p3 = render_and_compare(feats, textures, meshes, config=cfg.replace(top_k=3), **kw)
+    p12 = render_and_compare(feats, textures, meshes, config=cfg.replace(top_k=12), **kw)
     assert [p.category for p in p3] == [p.category for p in p12] == truth
     for a, b in zip(p3, p12):
         assert len(a.refined) == 3 and len(b.refined) == 12
@@ -219,8 +221,8 @@ def test_grid_scores_match_a_direct_computation(world, ten):
 def test_normalized_and_nemo_scores_both_available(world, three):
     feats, principal, truth, _ = three
     cats = list(SHAPES)
-    norm = run(world, feats, principal, cats, config=CFG.replace(top_k=3))
-    nemo = run(world, feats, principal, cats, config=CFG.replace(score="nemo", top_k=3))
+    norm = run(world, feats, principal, cats, config=CFG.replace(top_k=3, steps=15))
+    nemo = run(world, feats, principal, cats, config=CFG.replace(score="nemo", top_k=3, steps=15))
     assert [p.category for p in nemo] == [p.category for p in norm] == truth  # oracle features: both classify
     h, w = H // STRIDE, W // STRIDE
     for a, b in zip(norm, nemo):
@@ -318,8 +320,8 @@ def test_include_is_refined_but_never_classifies(world, three):
     feats, principal, truth, _ = three
     cats = list(SHAPES)
     other = [cats[(cats.index(t) + 1) % 3] for t in truth]
-    base = run(world, feats, principal, cats, config=CFG.replace(top_k=1))
-    inc = run(world, feats, principal, cats, config=CFG.replace(top_k=1), include=other)
+    base = run(world, feats, principal, cats, config=CFG.replace(top_k=1, steps=10))
+    inc = run(world, feats, principal, cats, config=CFG.replace(top_k=1, steps=10), include=other)
     for a, b, o in zip(base, inc, other):
         assert b.category == a.category and len(a.refined) == 1 and set(b.refined) == {a.category, o}
         assert b.poses[o]["refined"] and not a.poses[o]["refined"]

@@ -328,7 +328,12 @@ def _grid_scores_uv(fi, entry, tex, bg, offsets, hw, config, kinds, chunk: int =
         uv.scatter_(1, flat[..., None].expand(-1, -1, 2), uvs.to(fi.dtype))
         mask.scatter_(1, flat, inside)
         uv, mask = uv[:, :-1].reshape(n, h, w, 2), mask[:, :-1].reshape(n, h, w)
-        terms = uv_terms(fi.expand(n, -1, -1, -1), tex, bg, uv, mask, config.seam_threshold)
+        chart = None
+        if entry.chart is not None:
+            chart = torch.full((n, h * w + 1), -1, dtype=torch.int64)
+            chart.scatter_(1, flat, entry.chart[sl].where(inside, torch.full_like(flat, -1)))
+            chart = chart[:, :-1].reshape(n, h, w)
+        terms = uv_terms(fi.expand(n, -1, -1, -1), tex, bg, uv, mask, config.seam_threshold, chart)
         for k in kinds:
             out[k].append(combine(*terms, k))
     return {k: torch.cat(v) for k, v in out.items()}

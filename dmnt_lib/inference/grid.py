@@ -62,6 +62,7 @@ class GridFragments:
         pix: ``(G, M)`` int64 canvas row-major index of each mask pixel (padded); ``valid (G, M)`` bool.
         uv: ``(G, M, 2)`` float32 uv of each mask pixel.
         bbox: ``(a0, a1, b0, b1)`` rows/cols of the canvas covered by any grid mask.
+        chart: ``(G, M)`` int64 UV chart of each mask pixel, or None (no ``UVMesh.face_charts``).
     """
 
     poses: dict
@@ -72,6 +73,7 @@ class GridFragments:
     valid: torch.Tensor
     uv: torch.Tensor
     bbox: tuple[int, int, int, int]
+    chart: torch.Tensor | None = None
 
     @property
     def num_poses(self) -> int:
@@ -93,7 +95,7 @@ def build_grid_fragments(mesh: UVMesh, config, focal_f: float, hw: tuple[int, in
     hc, wc = 2 * h, 2 * w
     poses = grid_poses(config, mesh_radius(mesh), focal_f, hw)
     g = poses["azimuth"].numel()
-    pix, uvs, counts = [], [], []
+    pix, uvs, charts, counts = [], [], [], []
     with torch.no_grad():
         for s in range(0, g, chunk):
             sl = slice(s, s + chunk)
@@ -105,20 +107,25 @@ def build_grid_fragments(mesh: UVMesh, config, focal_f: float, hw: tuple[int, in
                 idx = m[i].nonzero()[:, 0]
                 pix.append(idx)
                 uvs.append(fr.uv.reshape(m.shape[0], -1, 2)[i, idx])
+                if fr.chart is not None:
+                    charts.append(fr.chart.reshape(m.shape[0], -1)[i, idx])
                 counts.append(idx.numel())
     mmax = max(max(counts), 1)
     P = torch.zeros(g, mmax, dtype=torch.int64)
     V = torch.zeros(g, mmax, dtype=torch.bool)
     U = torch.zeros(g, mmax, 2, dtype=torch.float32)
+    C = torch.full((g, mmax), -1, dtype=torch.int64) if charts else None
     for i, (p, u) in enumerate(zip(pix, uvs)):
         P[i, : p.numel()] = p
         V[i, : p.numel()] = True
         U[i, : p.numel()] = u.float()
+        if C is not None:
+            C[i, : p.numel()] = charts[i]
     rows, cols = P[V] // wc, P[V] % wc
     bbox = (int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1) if rows.numel() else (0, 1, 0, 1)
     R = pose_to_rotation(poses["azimuth"], poses["elevation"], poses["theta"]).double()
     geo = rotation_error(R[:, None].expand(g, g, 3, 3), R[None].expand(g, g, 3, 3))
-    return GridFragments(poses, R, geo, (hc, wc), P, V, U, bbox)
+    return GridFragments(poses, R, geo, (hc, wc), P, V, U, bbox, C)
 
 
 class GridCache:
