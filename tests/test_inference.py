@@ -179,7 +179,7 @@ def test_cached_init_equals_uncached(world, ten):
     assert torch.equal(fresh.pix, e1.pix) and torch.equal(fresh.uv, e1.uv)
     tex = pool_texture(world["textures"]["box"], CFG.init_texture_size)
     bgm = background_map(feats, world["background"])
-    off = known_offsets(principal / STRIDE, (H // STRIDE, W // STRIDE))
+    off = known_offsets(principal / STRIDE, e1.canvas)
     assert torch.equal(grid_scores(feats, bgm, e1, tex, off), grid_scores(feats, bgm, fresh, tex, off))
     # A different grid or focal is a different entry.
     cache.get(mesh, CFG.replace(azimuths=8), FOCAL / STRIDE, (H // STRIDE, W // STRIDE))
@@ -195,7 +195,7 @@ def test_cached_init_equals_uncached(world, ten):
 def test_grid_scores_match_a_direct_computation(world, ten):
     """The gather-based grid score equals rendering the pose on its own and applying the formula."""
     from dmnt_lib.camera import pose_to_cameras
-    from dmnt_lib.inference.grid import grid_scores, known_offsets, nearest_texel, pool_texture
+    from dmnt_lib.inference.grid import grid_scores, known_offsets, nearest_texel, offsets_to_principal, pool_texture
     from dmnt_lib.inference.raster import fragments
     from dmnt_lib.inference.score import background_map, combine
 
@@ -204,8 +204,8 @@ def test_grid_scores_match_a_direct_computation(world, ten):
     mesh, tex = world["meshes"]["box"], pool_texture(world["textures"]["box"], CFG.init_texture_size)
     entry = GridCache().get(mesh, CFG, FOCAL / STRIDE, (h, w))
     bgm = background_map(feats[:1], world["background"])
-    off = known_offsets(principal[:1] / STRIDE, (h, w))
-    pp = torch.tensor([[w - float(off[0, 1]), h - float(off[0, 0])]])
+    off = known_offsets(principal[:1] / STRIDE, entry.canvas)
+    pp = offsets_to_principal(off, entry.canvas).float()  # the rounded centre the grid is read at
     for kind in ("normalized", "nemo"):
         got = grid_scores(feats[:1], bgm, entry, tex, off, kind)[0]
         for g in (0, 17, 50):
@@ -405,3 +405,19 @@ def test_predictor_output_fields(tiny_run):
         assert o["time_s"] > 0 and set(o["timings"]) >= {"backbone", "init", "refine", "masks"}
     with pytest.raises(FileNotFoundError, match="model.pt"):
         load_predictor(run_dir.parent, "cpu", {})
+
+
+def test_per_image_focal_lengths_share_the_grid(world):
+    """Focal lengths within the tolerance read one cached grid (its distances rescaled per image)."""
+    mesh, tex = world["meshes"]["box"], world["textures"]["box"]
+    poses = random_poses(2, seed=4, mesh=mesh)
+    focals = [FOCAL, FOCAL * 1.015]
+    ims = [oracle_features(tex, mesh, p, f, p["principal"], (H, W), STRIDE, world["background"], seed=40 + i)
+           for i, (p, f) in enumerate(zip(poses, focals))]
+    cache = GridCache()
+    preds = render_and_compare(torch.cat([o.features for o in ims]), {"box": tex}, {"box": mesh}, world["background"],
+                               torch.tensor(focals), torch.tensor([p["principal"] for p in poses]), (H, W), STRIDE,
+                               config=CFG, cache=cache)
+    assert cache.misses == 1 and len(cache) == 1
+    assert all(pose_error_deg(p, q) < 5 for p, q in zip(preds, poses))
+    assert all(p.distance == pytest.approx(q["distance"], rel=0.03) for p, q in zip(preds, poses))

@@ -42,6 +42,9 @@ class InferenceConfig:
         init_texture_size: the texture is average-pooled to this size for the grid scores (a feature
             pixel covers several texels, and the per-category similarity matmul shrinks 4x per halving);
             ``None`` keeps the full texture.
+        focal_tolerance: the grid is rendered at the focal length rounded to geometric bins of this relative
+            width and its distances rescaled per image (``grid.focal_key``), so per-image focal lengths share
+            a cache entry; 0 renders at every exact focal.
         search_radius: with ``center="search"``, the principal point is searched within this many
             feature pixels of the image centre (``None``: anywhere on the feature map).
         hypotheses: poses per category kept from the grid for refinement (greedy non-maximum
@@ -68,6 +71,7 @@ class InferenceConfig:
     thetas: tuple[float, ...] = _deg(-10.0, 0.0, 10.0)
     fills: tuple[float, ...] = (0.65, 0.8, 0.95)
     init_texture_size: int | None = 64
+    focal_tolerance: float = 0.05
     search_radius: float | None = None
     hypotheses: int = 2
     nms_deg: float = 60.0
@@ -119,6 +123,7 @@ class InferenceConfig:
             raise ValueError(f"config.elevations must lie in (-π/2, π/2), got {self.elevations}")
         if self.init_texture_size is not None:
             integer("init_texture_size", 2)
+        positive("focal_tolerance", allow_zero=True)
         if self.search_radius is not None:
             positive("search_radius", allow_zero=True)
         integer("hypotheses", 1)

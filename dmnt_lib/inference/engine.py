@@ -21,7 +21,7 @@ from ..camera import pose_to_cameras
 from ..deform import DeformableMesh
 from ..mesh import UVMesh
 from .config import CENTERS, InferenceConfig
-from .grid import (GRID_CACHE, GridCache, grid_scores, known_offsets, offsets_to_principal, pool_texture,
+from .grid import (GRID_CACHE, GridCache, focal_key, grid_scores, known_offsets, offsets_to_principal, pool_texture,
                    search_offsets, select_hypotheses)
 from .raster import fragments
 from .refine import Hypotheses, _mesh_parts, refine
@@ -202,11 +202,11 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
             offs = torch.empty(b, config.num_grid_poses, 2, dtype=torch.int64)
             entries = []
             for i in range(b):  # images may differ in focal length: one cache entry per focal
-                entry = cache.get(mesh0, config, float(focal_f[i]), (h, w))
+                entry = cache.get(mesh0, config, focal_key(float(focal_f[i]), config.focal_tolerance), (h, w))
                 entries.append(entry)
                 fi = features[i: i + 1]
                 if center == "known":
-                    o = known_offsets(pp_f[i: i + 1], (h, w))[:, None].expand(1, entry.num_poses, 2)
+                    o = known_offsets(pp_f[i: i + 1], entry.canvas)[:, None].expand(1, entry.num_poses, 2)
                 else:
                     o = search_offsets(fi, entry, tex, config.search_radius)
                 if config.compare == "uv":
@@ -236,14 +236,16 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
         for cat in sel:
             it, entry = init[cat], init[cat]["entries"][i]
             lst = hyps.setdefault(cat, {k: [] for k in ("image", "azimuth", "elevation", "theta", "distance", "principal", "focal")})
+            scale = float(focal_f[i]) / entry.focal  # the grid's distances at this image's focal (grid.focal_key)
             for g in picks[cat][i]:
                 lst["image"].append(i)
-                for k in ("azimuth", "elevation", "theta", "distance"):
+                for k in ("azimuth", "elevation", "theta"):
                     lst[k].append(float(entry.poses[k][g]))
+                lst["distance"].append(float(entry.poses["distance"][g]) * scale)
                 if center == "known":
                     lst["principal"].append(pp_f[i].tolist())
                 else:
-                    lst["principal"].append(offsets_to_principal(it["offsets"][i, g], (h, w)).tolist())
+                    lst["principal"].append(offsets_to_principal(it["offsets"][i, g], entry.canvas).tolist())
                 lst["focal"].append(float(focal_f[i]))
     hyp_objs = {cat: Hypotheses(image=torch.tensor(v["image"]), azimuth=torch.tensor(v["azimuth"]),
                                 elevation=torch.tensor(v["elevation"]), theta=torch.tensor(v["theta"]),
@@ -279,8 +281,9 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
             else:
                 g = picks[cat][i][0]
                 entry = init[cat]["entries"][i]
-                prin = pp_f[i] if center == "known" else offsets_to_principal(init[cat]["offsets"][i, g], (h, w))
-                poses[cat] = {**{k: float(entry.poses[k][g]) for k in ("azimuth", "elevation", "theta", "distance")},
+                prin = pp_f[i] if center == "known" else offsets_to_principal(init[cat]["offsets"][i, g], entry.canvas)
+                poses[cat] = {**{k: float(entry.poses[k][g]) for k in ("azimuth", "elevation", "theta")},
+                              "distance": float(entry.poses["distance"][g]) * float(focal_f[i]) / entry.focal,
                               "principal": tuple(float(x) * stride for x in prin), "score": float(init[cat]["cls"][i, g]),
                               "init_score": float(init[cat]["cls"][i, g]), "objective": float(init[cat]["fit"][i, g]),
                               "refined": False, "code": None}

@@ -2,8 +2,9 @@
 
 Why a canvas: moving the principal point by an integer number of pixels moves the perspective image by
 exactly that many pixels (``x = px − f X/Z``), so the grid is rendered once with the principal point at
-the centre of a ``(2h, 2w)`` canvas and every image (a known centre) or every candidate centre (a
-search) reads it at an integer offset. Only the mask pixels are stored: their canvas index and uv.
+the centre of a square canvas just large enough for the mesh's bounding sphere at the largest grid fill,
+and every image (a known centre) or every candidate centre (a search) reads it at an integer offset. Only
+the mask pixels are stored: their canvas index and uv.
 
 Grid scores (no gradients) read the texture average-pooled to ``init_texture_size`` at the *nearest*
 texel, so each rendered feature is a unit texel and ``o(p) = <F(p), T[t(p)]>`` is one entry of the
@@ -27,8 +28,20 @@ from ..camera import pose_to_cameras, pose_to_rotation, rotation_error
 from ..mesh import UVMesh
 from .raster import fragments
 
-__all__ = ["GridFragments", "GridCache", "GRID_CACHE", "grid_poses", "pool_texture", "known_offsets",
+__all__ = ["canvas_size", "focal_key", "GridFragments", "GridCache", "GRID_CACHE", "grid_poses", "pool_texture", "known_offsets",
            "search_offsets", "grid_scores", "select_hypotheses"]
+
+
+def focal_key(focal_f: float, tolerance: float) -> float:
+    """The focal length the grid is rendered at: ``focal_f`` rounded to geometric bins of ``1 + tolerance``
+    (``tolerance = 0``: exact). An image of focal ``f`` reads the grid of focal ``f_b`` with every grid distance
+    scaled by ``f / f_b``: scaling focal and distance together keeps the image up to the (small) change of
+    perspective over the object's depth, and refinement then uses the exact focal. Without bins, data whose
+    focal differs per image (NeMo's crops) would render the grid for every image."""
+    if tolerance <= 0:
+        return float(focal_f)
+    step = math.log1p(tolerance)
+    return float(math.exp(round(math.log(focal_f) / step) * step))
 
 
 def mesh_radius(mesh: UVMesh) -> float:
@@ -53,16 +66,17 @@ def grid_poses(config, radius: float, focal_f: float, hw: tuple[int, int]) -> di
 
 @dataclass
 class GridFragments:
-    """Fragments of one mesh at the ``G`` grid poses on a ``(hc, wc) = (2h, 2w)`` canvas.
+    """Fragments of one mesh at the ``G`` grid poses on a ``(hc, wc)`` canvas (``canvas_size``).
 
     Attributes:
         poses: dict of ``(G,)`` float64 ``azimuth, elevation, theta, distance``.
         rotations: ``(G, 3, 3)``; ``geodesic``: ``(G, G)`` rotation distances (radians), for NMS.
-        canvas: ``(hc, wc)``; the principal point is at ``(wc/2, hc/2) = (w, h)`` canvas pixels.
+        canvas: ``(hc, wc)`` (even); the principal point is at its centre ``(wc/2, hc/2)``.
         pix: ``(G, M)`` int64 canvas row-major index of each mask pixel (padded); ``valid (G, M)`` bool.
         uv: ``(G, M, 2)`` float32 uv of each mask pixel.
         bbox: ``(a0, a1, b0, b1)`` rows/cols of the canvas covered by any grid mask.
         chart: ``(G, M)`` int64 UV chart of each mask pixel, or None (no ``UVMesh.face_charts``).
+        focal: the focal length (feature pixels) it was rendered at.
     """
 
     poses: dict
@@ -74,6 +88,7 @@ class GridFragments:
     uv: torch.Tensor
     bbox: tuple[int, int, int, int]
     chart: torch.Tensor | None = None
+    focal: float = 0.0
 
     @property
     def num_poses(self) -> int:
@@ -89,10 +104,17 @@ def _mesh_key(mesh: UVMesh) -> str:
     return h.hexdigest()
 
 
+def canvas_size(config, hw) -> tuple[int, int]:
+    """Square even canvas holding the bounding sphere's projection (diameter ``max(fills)·min(h, w)``, centred
+    on the principal point: the camera looks at the object's origin) with a pixel to spare on each side."""
+    side = 2 * (math.ceil(max(config.fills) * min(hw) / 2) + 1)
+    return side, side
+
+
 def build_grid_fragments(mesh: UVMesh, config, focal_f: float, hw: tuple[int, int], chunk: int = 64) -> GridFragments:
     """Render ``mesh`` at every grid pose (no gradients); see ``GridFragments``. ``focal_f`` in feature pixels."""
     h, w = hw
-    hc, wc = 2 * h, 2 * w
+    hc, wc = canvas_size(config, hw)
     poses = grid_poses(config, mesh_radius(mesh), focal_f, hw)
     g = poses["azimuth"].numel()
     pix, uvs, charts, counts = [], [], [], []
@@ -100,7 +122,7 @@ def build_grid_fragments(mesh: UVMesh, config, focal_f: float, hw: tuple[int, in
         for s in range(0, g, chunk):
             sl = slice(s, s + chunk)
             cams = pose_to_cameras(*(poses[k][sl].float() for k in ("azimuth", "elevation", "theta", "distance")),
-                                   image_size=(hc, wc), focal=float(focal_f), principal=(float(w), float(h)))
+                                   image_size=(hc, wc), focal=float(focal_f), principal=(wc / 2, hc / 2))
             fr = fragments(mesh, cams, (hc, wc), backend=config.backend)
             m = fr.mask.reshape(fr.mask.shape[0], -1)
             for i in range(m.shape[0]):
@@ -125,7 +147,7 @@ def build_grid_fragments(mesh: UVMesh, config, focal_f: float, hw: tuple[int, in
     bbox = (int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1) if rows.numel() else (0, 1, 0, 1)
     R = pose_to_rotation(poses["azimuth"], poses["elevation"], poses["theta"]).double()
     geo = rotation_error(R[:, None].expand(g, g, 3, 3), R[None].expand(g, g, 3, 3))
-    return GridFragments(poses, R, geo, (hc, wc), P, V, U, bbox, C)
+    return GridFragments(poses, R, geo, (hc, wc), P, V, U, bbox, C, float(focal_f))
 
 
 class GridCache:
@@ -182,17 +204,17 @@ def nearest_texel(uv: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return row * sw + col
 
 
-def known_offsets(principal_f: torch.Tensor, hw) -> torch.Tensor:
-    """Integer canvas offsets ``(oy, ox)`` ``(B, 2)`` for principal points ``(B, 2)`` ``(x, y)`` in feature pixels:
-    feature pixel ``(i, j)`` is canvas pixel ``(i + oy, j + ox)``."""
-    h, w = hw
-    return torch.stack([(h - principal_f[:, 1]).round(), (w - principal_f[:, 0]).round()], -1).long()
+def known_offsets(principal_f: torch.Tensor, canvas) -> torch.Tensor:
+    """Integer canvas offsets ``(oy, ox)`` ``(B, 2)`` for principal points ``(B, 2)`` ``(x, y)`` in feature pixels
+    (rounded): feature pixel ``(i, j)`` is canvas pixel ``(i + oy, j + ox)``; ``canvas = (hc, wc)``."""
+    cy, cx = canvas[0] // 2, canvas[1] // 2
+    return torch.stack([(cy - principal_f[:, 1]).round(), (cx - principal_f[:, 0]).round()], -1).long()
 
 
-def offsets_to_principal(offsets: torch.Tensor, hw) -> torch.Tensor:
+def offsets_to_principal(offsets: torch.Tensor, canvas) -> torch.Tensor:
     """Inverse of ``known_offsets``: principal points ``(..., 2)`` ``(x, y)`` in feature pixels."""
-    h, w = hw
-    return torch.stack([w - offsets[..., 1].double(), h - offsets[..., 0].double()], -1)
+    cy, cx = canvas[0] // 2, canvas[1] // 2
+    return torch.stack([cx - offsets[..., 1].double(), cy - offsets[..., 0].double()], -1)
 
 
 def rendered_maps(entry: GridFragments, tex: torch.Tensor) -> torch.Tensor:
@@ -228,8 +250,9 @@ def search_offsets(features: torch.Tensor, entry: GridFragments, tex: torch.Tens
     r_x = w / 2 if radius is None else min(radius, w / 2)
     py = torch.arange(math.ceil(cy - r_y), math.floor(cy + r_y) + 1)
     px = torch.arange(math.ceil(cx - r_x), math.floor(cx + r_x) + 1)
-    oy_lo, oy_hi = h - int(py.max()), h - int(py.min())
-    ox_lo, ox_hi = w - int(px.max()), w - int(px.min())
+    ccy, ccx = entry.canvas[0] // 2, entry.canvas[1] // 2
+    oy_lo, oy_hi = ccy - int(py.max()), ccy - int(py.min())
+    ox_lo, ox_hi = ccx - int(px.max()), ccx - int(px.min())
     # Feature rows needed: a0 - oy_hi .. a1 - 1 - oy_lo (zero outside the map).
     r_lo, r_hi, c_lo, c_hi = a0 - oy_hi, a1 - 1 - oy_lo, b0 - ox_hi, b1 - 1 - ox_lo
     pad = (max(0, -c_lo), max(0, c_hi - (w - 1)), max(0, -r_lo), max(0, r_hi - (h - 1)))

@@ -69,7 +69,7 @@ def score_landscape(features, texture, mesh, background, distance, focal, princi
     cfg = InferenceConfig(azimuths=azimuths, elevations=els, thetas=(float(theta),), fills=(fill,))
     entry = GridCache().get(m0, cfg, focal / stride, (h, w))
     bg = F.normalize(torch.as_tensor(background).reshape(-1, d).float(), dim=1)
-    off = known_offsets(torch.tensor([principal], dtype=torch.float64) / stride, (h, w))
+    off = known_offsets(torch.tensor([principal], dtype=torch.float64) / stride, entry.canvas)
     with torch.no_grad():
         sc = grid_scores(features, background_map(features, bg), entry, pool_texture(texture, None), off, kinds)
     a, e = entry.poses["azimuth"].reshape(azimuths, len(els)), entry.poses["elevation"].reshape(azimuths, len(els))
