@@ -67,7 +67,7 @@ class InferenceConfig:
     fit_score: str = "nemo"
     compare: str = "image"
     azimuths: int = 12
-    elevations: tuple[float, ...] = _deg(-15.0, 0.0, 15.0, 30.0, 45.0)
+    elevations: tuple[float, ...] = _deg(-10.0, 5.0, 20.0, 35.0)
     thetas: tuple[float, ...] = _deg(-10.0, 0.0, 10.0)
     fills: tuple[float, ...] = (0.65, 0.8, 0.95)
     init_texture_size: int | None = 64
@@ -76,12 +76,12 @@ class InferenceConfig:
     hypotheses: int = 2
     nms_deg: float = 60.0
     top_k: int = 3
-    steps: int = 40
+    steps: int = 30
     lr: float = 0.05
     betas: tuple[float, float] = (0.4, 0.6)
     lr_final_ratio: float = 0.2
-    patience: int = 8
-    tol: float = 1e-4
+    patience: int = 5
+    tol: float = 5e-4
     principal_lr: float = 0.5
     refine_principal: bool | None = None
     fit_shape: bool = False
