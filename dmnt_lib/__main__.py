@@ -12,7 +12,7 @@ from pathlib import Path
 DEMO_STAGES = ["uv_fragment", "transform", "data", "deformation"]
 
 # Subcommands that live in their own modules: each has add_parser(subparsers) and run(args).
-_SUBCOMMAND_MODULES = ["dmnt_lib.data.cli", "dmnt_lib.deform_cli", "dmnt_lib.evaluate", "dmnt_lib.baseline.cli"]
+_SUBCOMMAND_MODULES = ["dmnt_lib.data.cli", "dmnt_lib.deform.cli", "dmnt_lib.evaluate", "dmnt_lib.baseline.cli"]
 
 
 def _default_cache() -> Path:

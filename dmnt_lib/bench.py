@@ -1,7 +1,10 @@
-"""Benchmark of the image->UV transform backends against ``F.grid_sample``.
+"""Benchmarks: the image->UV transform backends against ``F.grid_sample``, and the rasterization
+backends (PyTorch3D vs Embree, ``raster.bench``).
 
-``python -m dmnt_lib bench [--quick] [--sizes 8x128x64x64x128 ...] [--repeats N] [--device cpu|cuda|all]``
-(also ``make bench`` / ``benchmarks/bench_transform.py``).
+``python -m dmnt_lib bench [--quick] [--only transform|raster] [--sizes 8x128x64x64x128 ...]
+[--raster-sizes 16 32 ...] [--raster-poses 1 64 ...] [--repeats N] [--device cpu|cuda|all]``
+(also ``make bench`` / ``benchmarks/bench_transform.py``). Both tables by default; ``--sizes``
+alone (no raster option) runs only the transform table.
 
 For each size ``BxCxHxWxS`` it times, side by side in one run, the forward and the
 forward+backward of: the NumPy reference (smallest size only: it is plain Python loops),
@@ -242,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to run: cpu, cuda, or all available (default)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the uv map and features")
+    p.add_argument("--only", choices=["transform", "raster"], default=None,
+                   help="run one table (default: both; --sizes alone means transform only)")
+    p.add_argument("--raster-sizes", nargs="+", type=int, default=None, metavar="S",
+                   help="raster table: square image sizes (default 16 32 64 128; quick 16 32)")
+    p.add_argument("--raster-poses", nargs="+", type=int, default=None, metavar="B",
+                   help="raster table: pose batch sizes (default 1 64 432; quick 1 64)")
+    p.add_argument("--raster-max-p3d-poses", type=int, default=None, metavar="N",
+                   help="raster table: time PyTorch3D on at most N poses of a batch (default 64)")
     return p
 
 
@@ -261,13 +272,30 @@ def main(argv: list[str] | None = None) -> int:
         devices.append(torch.device("cuda"))
     if not devices:
         raise SystemExit("--device cuda: no CUDA device is visible")
+    raster_opts = (args.raster_sizes, args.raster_poses, args.raster_max_p3d_poses)
+    tables = [args.only] if args.only else (["transform"] if args.sizes and all(o is None for o in raster_opts) else ["transform", "raster"])
+    for name, vals in (("--raster-sizes", args.raster_sizes), ("--raster-poses", args.raster_poses)):
+        if vals is not None and min(vals) < 1:
+            raise SystemExit(f"{name} must be positive")
+    if args.raster_max_p3d_poses is not None and args.raster_max_p3d_poses < 1:
+        raise SystemExit("--raster-max-p3d-poses must be >= 1")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}"
           + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"))
-    rows = run(sizes, repeats, devices, seed=args.seed)
-    print(format_table(rows))
-    print("fwd/grid, f+b/grid: time relative to F.grid_sample producing the same surface; "
-          "vs ref f+b: speed-up over the NumPy reference (1 round); n: timed rounds; "
-          "api: the public image_to_uv (backend='auto', validate=True); api_noval: the same with validate=False.")
+    if "transform" in tables:
+        rows = run(sizes, repeats, devices, seed=args.seed)
+        print(format_table(rows))
+        print("fwd/grid, f+b/grid: time relative to F.grid_sample producing the same surface; "
+              "vs ref f+b: speed-up over the NumPy reference (1 round); n: timed rounds; "
+              "api: the public image_to_uv (backend='auto', validate=True); api_noval: the same with validate=False.")
+    if "raster" in tables:
+        from .raster import bench as raster_bench
+
+        rows = raster_bench.run(
+            sizes=args.raster_sizes or (raster_bench.QUICK_SIZES if args.quick else raster_bench.DEFAULT_SIZES),
+            poses=args.raster_poses or (raster_bench.QUICK_POSES if args.quick else raster_bench.DEFAULT_POSES),
+            repeats=repeats, max_p3d_poses=args.raster_max_p3d_poses or raster_bench.MAX_P3D_POSES, seed=args.seed)
+        print(raster_bench.format_table(rows))
+        print(raster_bench.LEGEND)
     return 0
 
 

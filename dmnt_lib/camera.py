@@ -112,10 +112,6 @@ def pose_to_RT(azimuth, elevation, theta, distance) -> tuple[torch.Tensor, torch
     return R, T
 
 
-def _image_hw(image_size) -> tuple[int, int]:  # kept for callers not yet moved to sizes.size_hw
-    return size_hw(image_size, "image_size")
-
-
 def pose_to_cameras(
     azimuth,
     elevation,

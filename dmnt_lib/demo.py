@@ -17,7 +17,7 @@ import torch
 from .camera import pose_to_cameras
 from .mesh import UVMesh, cuboid_template, uv_sphere
 from .render import sample_texture, uv_fragment
-from .viz import checkerboard, save_figure, uv_seam_pixels, uv_to_rgb
+from .viz import FIGURE1_BLOCK, checkerboard, save_figure, uv_seam_pixels, uv_to_rgb
 
 __all__ = ["DemoContext", "uv_fragment_figure", "run_demo", "STAGES"]
 
@@ -32,7 +32,7 @@ class DemoContext:
 def uv_fragment_figure(path: str | Path, image_size: int = 128) -> Path:
     """The UV fragment of two meshes (a car-sized cuboid template and a UV sphere), as pictures:
     rasterized face ids, the u and v channels, a checkerboard texture seen through the uv map,
-    and the atlas seams (pixels where neighbouring uv jumps by more than 0.2)."""
+    and the atlas seams (blocks the transform skips as seams: uv extent above 0.2 or pixels on two charts)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +52,7 @@ def uv_fragment_figure(path: str | Path, image_size: int = 128) -> Path:
         faces_img = torch.where(frag.mask[..., None], face_colors[frag.pix_to_face.clamp(min=0)], torch.ones(3))
         shown = sample_texture(texture, frag.uv, frag.mask)[0].permute(1, 2, 0)
         shown = torch.where(frag.mask[0, ..., None], shown, torch.ones(3))
-        seams = uv_seam_pixels(frag.uv, frag.mask)[0]
+        seams = uv_seam_pixels(frag.uv, frag.mask, chart=frag.chart)[0]
         seam_img = uv_to_rgb(frag.uv, frag.mask)[0].clone()
         seam_img[seams] = torch.tensor([0.0, 0.0, 0.0])
         panels = [
@@ -76,7 +76,6 @@ def uv_fragment_figure(path: str | Path, image_size: int = 128) -> Path:
     return save_figure(fig, path, dpi=80)
 
 
-FIGURE1_BLOCK = [[[0.33, 0.22], [0.47, 0.25]], [[0.30, 0.37], [0.49, 0.40]]]  # uv of [[p1, p2], [p4, p3]]
 
 
 def transform_figure(path: str | Path, image_size: int = 128, texture_size: int = 96) -> Path:
@@ -97,7 +96,7 @@ def transform_figure(path: str | Path, image_size: int = 128, texture_size: int 
     frag = uv_fragment(mesh, cams, image_size)
     texture = checkerboard(texture_size, squares=12)
     image = sample_texture(texture, frag.uv, frag.mask)
-    surface, visible = image_to_uv(image, frag.uv, frag.mask, texture_size)
+    surface, visible = image_to_uv(image, frag.uv, frag.mask, texture_size, chart=frag.chart)
     err = (surface - texture).abs().amax(1)[0]
     axes[2].imshow(torch.where(frag.mask[0, ..., None], image[0].permute(1, 2, 0), torch.ones(3)).clamp(0, 1).numpy())
     axes[2].set_title("image features F = texture seen through uv", fontsize=9)
@@ -125,7 +124,7 @@ def _stage_data(ctx: DemoContext) -> list[Path]:
 
 def _stage_deformation(ctx: DemoContext) -> list[Path]:
     from .data.cache import ensure_dataset
-    from .deform_cli import demo as deform_demo
+    from .deform.cli import demo as deform_demo
 
     # The CAD models of the demo dataset (the data stage made it; this call only reuses it).
     data_dir = ensure_dataset(ctx.cache_dir / "synthetic_demo", 1 if ctx.quick else 2, progress=False)

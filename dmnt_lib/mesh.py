@@ -9,7 +9,7 @@ A DMNT mesh carries two index buffers, as in PyTorch3D's ``TexturesUV``:
   vertices, one per chart. The seams are therefore explicit: an edge is a seam
   exactly when its two faces reference different UV vertices for its endpoints.
 
-UV convention (DESIGN.md §3): ``uv ∈ [0, 1]²``, ``u`` → texture column, ``v`` →
+UV convention (docs/design.md §3): ``uv ∈ [0, 1]²``, ``u`` → texture column, ``v`` →
 texture row, ``v = 0`` is row 0.
 
 Nothing here imports PyTorch3D at module load; ``UVMesh.to_meshes`` does so lazily.
@@ -35,7 +35,6 @@ __all__ = [
     "y_up_to_z_up",
     "cuboid_template",
     "uv_sphere",
-    "atomic_write_text",
 ]
 
 
@@ -60,6 +59,8 @@ class UVMesh:
 
     def __post_init__(self) -> None:
         if isinstance(self.verts, torch.Tensor) and self.verts.dim() == 3:
+            if len(self.verts) == 0:
+                raise ValueError("verts must have shape (V, 3) or (B, V, 3) with B >= 1, got B = 0")
             _check_array("verts", self.verts[0], last_dim=3, floating=True)
         else:
             _check_array("verts", self.verts, last_dim=3, floating=True)
@@ -123,7 +124,7 @@ class UVMesh:
         if charts is None:
             cpu = self._cache.get(("face_charts", torch.device("cpu")))
             if cpu is None:
-                cpu = _face_charts(self.faces_uvs.detach().cpu(), len(self.verts_uvs))
+                cpu = _face_charts_cached(self.faces_uvs.detach().cpu(), len(self.verts_uvs))
                 self._cache[("face_charts", torch.device("cpu"))] = cpu
             charts = cpu.to(self.faces_uvs.device)
             self._cache[key] = charts
@@ -158,6 +159,21 @@ class UVMesh:
                 raise ValueError(f"batch_size must be {len(verts)} for per-camera vertices, got {batch_size}")
             return Meshes(verts=list(verts), faces=[self.faces] * len(verts))
         return Meshes(verts=[verts] * batch_size, faces=[self.faces] * batch_size)
+
+
+_CHARTS_BY_CONTENT: dict = {}  # BLAKE2 digest of faces_uvs -> charts, for meshes rebuilt with UVMesh(...)
+
+
+def _face_charts_cached(faces_uvs: torch.Tensor, n_uv: int) -> torch.Tensor:
+    import hashlib
+
+    key = (n_uv, tuple(faces_uvs.shape), hashlib.blake2b(faces_uvs.contiguous().numpy().tobytes(), digest_size=16).digest())
+    charts = _CHARTS_BY_CONTENT.get(key)
+    if charts is None:
+        if len(_CHARTS_BY_CONTENT) >= 64:
+            _CHARTS_BY_CONTENT.pop(next(iter(_CHARTS_BY_CONTENT)))
+        charts = _CHARTS_BY_CONTENT[key] = _face_charts(faces_uvs, n_uv)
+    return charts
 
 
 def _face_charts(faces_uvs: torch.Tensor, n_uv: int) -> torch.Tensor:

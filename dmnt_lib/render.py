@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .mesh import UVMesh
-from .raster import Fragments, rasterize, visibility
+from .raster import Fragments, rasterize, rasterize_hits, scatter_hits, visibility
 
 __all__ = ["Fragments", "UVFragment", "rasterize", "uv_fragment", "sample_texture", "render_mask", "render_texture"]
 
@@ -58,16 +58,22 @@ def uv_fragment(mesh: UVMesh, cameras, image_size, backend: str = "auto") -> UVF
         ``UVFragment`` with ``uv (B, H, W, 2)``, ``mask``, ``pix_to_face``, ``bary``, ``zbuf``,
         ``chart``; ``uv`` is differentiable in the vertices and camera parameters.
     """
-    frags = rasterize(mesh, cameras, image_size, backend=backend)
-    mask, face = frags.mask, frags.pix_to_face
+    face, flat_pix, hit_face, bary, zbuf = rasterize_hits(mesh, cameras, image_size, backend=backend)
+    mask = face >= 0
     device = face.device
-    safe = face.clamp(min=0)
-    corner_uvs = mesh.verts_uvs.to(device)[mesh.faces_uvs.to(device)]  # (F, 3, 2)
-    uv = (frags.bary[..., :, None] * corner_uvs[safe].to(frags.bary.dtype)).sum(-2)
-    # Perspective-correct barycentrics can leave [0, 1] by a rounding error at face edges.
-    uv = torch.where(mask[..., None], uv.clamp(0, 1), torch.zeros_like(uv))
-    chart = torch.where(mask, mesh.face_charts().to(device)[safe], torch.full_like(face, -1))
-    return UVFragment(uv=uv, mask=mask, pix_to_face=face, bary=frags.bary, zbuf=frags.zbuf, chart=chart)
+    corner_uvs = mesh.verts_uvs.to(device=device, dtype=bary.dtype)[mesh.faces_uvs.to(device)]  # (F, 3, 2)
+    # Interpolate per hit, then scatter. Perspective-correct barycentrics can leave [0, 1] by a
+    # rounding error at face edges, hence the clamp.
+    uv = (bary[:, :, None] * corner_uvs[hit_face]).sum(1).clamp(0, 1)
+    chart = mesh.face_charts().to(device)[hit_face]
+    return UVFragment(
+        uv=scatter_hits(uv, flat_pix, face, 0.0),
+        mask=mask,
+        pix_to_face=face,
+        bary=scatter_hits(bary, flat_pix, face, 0.0),
+        zbuf=scatter_hits(zbuf, flat_pix, face, -1.0),
+        chart=scatter_hits(chart, flat_pix, face, -1),
+    )
 
 
 def sample_texture(texture: torch.Tensor, uv: torch.Tensor, mask: torch.Tensor | None = None, padding_mode: str = "zeros") -> torch.Tensor:
@@ -80,7 +86,7 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor, mask: torch.Tensor |
         texture: ``(B, C, S_h, S_w)`` (or ``(1, C, S_h, S_w)``, broadcast over the batch).
         uv: ``(B, H, W, 2)`` with ``u`` → column, ``v`` → row.
         mask: optional ``(B, H, W)`` bool.
-        padding_mode: ``grid_sample``'s; ``"zeros"`` (DESIGN §3) or ``"border"``.
+        padding_mode: ``grid_sample``'s; ``"zeros"`` (docs/design.md §3) or ``"border"``.
 
     Returns:
         ``(B, C, H, W)`` sampled features, differentiable in ``texture`` and ``uv``.

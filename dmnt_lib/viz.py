@@ -9,7 +9,10 @@ import torch
 
 from .fileio import atomic_path
 
-__all__ = ["checkerboard", "uv_seam_pixels", "uv_to_rgb", "save_figure"]
+__all__ = ["checkerboard", "uv_seam_pixels", "uv_to_rgb", "save_figure", "FIGURE1_BLOCK"]
+
+#: The 2x2 pixel block of the appendix's Figure 1 (uv of ``[[p1, p2], [p4, p3]]``), drawn by the demo and notebook 02.
+FIGURE1_BLOCK = [[[0.33, 0.22], [0.47, 0.25]], [[0.30, 0.37], [0.49, 0.40]]]
 
 
 def checkerboard(size: int | tuple[int, int], squares: int = 8, colored: bool = True) -> torch.Tensor:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dmnt_lib.camera import pose_to_cameras
+from dmnt_lib.data import CADModel, cad_models
 from dmnt_lib.deform import (
-    CADModel,
     CodeAdam,
     DeformableMesh,
     DeformationNet,
@@ -34,6 +34,7 @@ from dmnt_lib.deform import (
     silhouette_iou,
     soft_iou_loss,
     soft_silhouette,
+    uniform_laplacian,
     view_cameras,
 )
 from dmnt_lib.deform.silhouette import _pixel_centres, _signed_dist2, to_ndc
@@ -51,16 +52,22 @@ def _small_net_mesh(template=None, n=3, seed=0):
     return DeformableMesh(template, n, DeformationNet(latent_dim=8, hidden=32, depth=4, skip=(2,), num_freqs=3), seed=seed)
 
 
+def _cad(verts, faces, index=1):
+    """A geometry-only ``dmnt_lib.data.CADModel`` (material and part 0, as ``load_cad_models`` makes)."""
+    zeros = torch.zeros(len(faces), dtype=torch.int64)
+    return CADModel("bottle", index, verts, faces, zeros, zeros, ("mesh",))
+
+
 def _write_cad_set(root: Path) -> Path:
     """Three CAD-like closed meshes of one category as .off files: two ellipsoids and a box with a bump."""
     s = uv_sphere(1.0, 10, 20)
-    write_off(root / "CAD" / "thing" / "01.off", s.verts * torch.tensor([0.5, 0.2, 0.25]), s.faces)
-    write_off(root / "CAD" / "thing" / "02.off", s.verts * torch.tensor([0.35, 0.3, 0.2]), s.faces)
+    write_off(root / "CAD" / "bottle" / "01.off", s.verts * torch.tensor([0.5, 0.2, 0.25]), s.faces)
+    write_off(root / "CAD" / "bottle" / "02.off", s.verts * torch.tensor([0.35, 0.3, 0.2]), s.faces)
     b = cuboid_template([0.8, 0.25, 0.4], num_verts=300)
     v = b.verts.clone()
     top = (v[:, 1] > v[:, 1].max() - 1e-6) & (v[:, 0].abs() < 0.2)
     v[top, 1] += 0.15
-    write_off(root / "CAD" / "thing" / "03.off", v, b.faces)
+    write_off(root / "CAD" / "bottle" / "03.off", v, b.faces)
     return root
 
 
@@ -169,6 +176,9 @@ def test_mesh_edges_of_a_closed_mesh_satisfy_euler():
     e = mesh_edges(t.faces)
     assert len(e) == t.num_verts + t.num_faces - 2  # V - E + F = 2
     assert (e[:, 0] < e[:, 1]).all() and len(torch.unique(e, dim=0)) == len(e)
+    from pytorch3d.structures import Meshes
+
+    assert torch.equal(e, Meshes([t.verts], [t.faces]).edges_packed())  # PyTorch3D's edges, same order
 
 
 def test_sample_surface_lies_on_the_mesh_and_follows_area():
@@ -186,18 +196,44 @@ def test_sample_surface_lies_on_the_mesh_and_follows_area():
     assert torch.allclose(q, p + torch.tensor([4.0, -2.0, 1.0]), atol=1e-5)
 
 
+def test_sample_surface_is_pytorch3ds_sampler_seeded_by_the_generator():
+    """The same generator state gives the same points; the global RNG is neither used nor
+    changed; the points are PyTorch3D's ``sample_points_from_meshes`` under the seed drawn from
+    the generator; gradients are the barycentric weights (they sum to 1 per point)."""
+    from pytorch3d.ops import sample_points_from_meshes
+    from pytorch3d.structures import Meshes
+
+    t = cuboid_template([1.0, 0.6, 0.8], num_verts=150)
+    v = torch.stack([t.verts, 1.5 * t.verts]).requires_grad_(True)
+    g = torch.Generator().manual_seed(5)
+    twin = torch.Generator().set_state(g.get_state())
+    rng = torch.random.get_rng_state()
+    p = sample_surface(v, t.faces, 500, g)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert torch.equal(sample_surface(v, t.faces, 500, torch.Generator().set_state(twin.get_state())), p)
+    assert not torch.equal(sample_surface(v, t.faces, 500, g), p)  # the generator advanced
+    seed = int(torch.randint(0, 2**62, (), generator=twin))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ref = sample_points_from_meshes(Meshes(list(v.detach()), [t.faces] * 2), 500)
+    assert torch.equal(p.detach(), ref)
+    (grad,) = torch.autograd.grad(p.sum(), v)
+    assert torch.allclose(grad.sum(1), torch.full((2, 3), 500.0))
+    with pytest.raises(ValueError, match="surface area"):
+        sample_surface(torch.zeros(4, 3), torch.tensor([[0, 1, 2], [1, 2, 3]]), 10, torch.Generator())
+
+
 def test_chamfer_matches_brute_force_in_value_and_gradient():
     g = torch.Generator().manual_seed(1)
-    x = torch.rand(2, 300, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    y = torch.rand(2, 200, 3, generator=g, dtype=torch.float64)
-    d = torch.cdist(x, y) ** 2
+    x = torch.rand(2, 300, 3, generator=g, requires_grad=True)
+    y = torch.rand(2, 200, 3, generator=g, requires_grad=True)
+    d = ((x[:, :, None] - y[:, None]) ** 2).sum(-1)  # (B, P, Q), exact squared distances
     ref = d.min(2).values.mean(1) + d.min(1).values.mean(1)
-    got = chamfer_distance(x, y, chunk=64)
-    assert torch.allclose(got, ref, rtol=1e-10, atol=1e-12)
-    (gx,) = torch.autograd.grad(got.sum(), x)
-    (rx,) = torch.autograd.grad(ref.sum(), x)
-    assert torch.allclose(gx, rx, atol=1e-10)
-    assert torch.equal(chamfer_distance(y, y), torch.zeros(2, dtype=torch.float64))
+    got = chamfer_distance(x, y)
+    assert got.dtype == torch.float32 and torch.allclose(got, ref, rtol=1e-6, atol=0)
+    for a, b in zip(torch.autograd.grad(got.sum(), (x, y)), torch.autograd.grad(ref.sum(), (x, y))):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-8)
+    assert torch.equal(chamfer_distance(y, y), torch.zeros(2))
 
 
 def test_regularizers_identities():
@@ -216,6 +252,43 @@ def test_regularizers_identities():
     assert float(edge_length_loss(moved, t.verts.double(), e)) < 1e-20
     assert float(edge_length_loss(1.3 * t.verts.double(), t.verts.double(), e)) == pytest.approx(0.09, rel=1e-9)
     assert torch.allclose(offset_magnitude(x), (x**2).sum(-1).mean())
+
+
+def test_laplacian_is_pytorch3ds_and_only_the_reduction_differs():
+    """``uniform_laplacian`` is PyTorch3D's ``D⁻¹A − I``: its mean unsquared norm is
+    ``mesh_laplacian_smoothing(..., "uniform")``; ours averages the squared norm."""
+    from pytorch3d.loss import mesh_laplacian_smoothing
+    from pytorch3d.structures import Meshes
+
+    t = cuboid_template([1.0, 0.5, 0.7], num_verts=150)
+    e = mesh_edges(t.faces)
+    x = torch.randn(2, t.num_verts, 3)
+    lap = uniform_laplacian(x, e)
+    assert lap.shape == x.shape and torch.allclose(uniform_laplacian(x[1], e), lap[1])
+    ref = mesh_laplacian_smoothing(Meshes(list(x), [t.faces] * 2), method="uniform")
+    assert torch.allclose(lap.norm(dim=-1).mean(), ref, rtol=1e-5)
+    assert torch.allclose(laplacian_smoothness(x, e), (lap**2).sum(-1).mean())
+    small = cuboid_template([1.0, 0.5, 0.7], num_verts=30)  # float64 works (PyTorch3D's matrix is float32)
+    xd = torch.randn(small.num_verts, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: laplacian_smoothness(a, mesh_edges(small.faces)), (xd,))
+
+
+def test_edge_length_loss_is_mesh_edge_loss_when_all_template_edges_are_equal():
+    """On a regular tetrahedron (every edge of length ℓ*) ``edge_length_loss · ℓ*²`` is
+    PyTorch3D's ``mesh_edge_loss(target_length=ℓ*)``; on the cuboid template the two differ."""
+    from pytorch3d.loss import mesh_edge_loss
+    from pytorch3d.structures import Meshes
+
+    tet = torch.tensor([[1.0, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=torch.float64)
+    faces = torch.tensor([[0, 1, 2], [0, 3, 1], [0, 2, 3], [1, 3, 2]])
+    length = 8**0.5
+    moved = tet + 0.3 * torch.randn(2, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ours = edge_length_loss(moved, tet, mesh_edges(faces)) * length**2
+    assert torch.allclose(ours, mesh_edge_loss(Meshes(list(moved), [faces] * 2), target_length=length))
+    t = cuboid_template([1.0, 0.8, 2.2], num_verts=150)
+    mean_len = float((t.verts[mesh_edges(t.faces)[:, 0]] - t.verts[mesh_edges(t.faces)[:, 1]]).norm(dim=1).mean())
+    assert float(edge_length_loss(t.verts, t.verts, mesh_edges(t.faces))) == 0.0
+    assert float(mesh_edge_loss(Meshes([t.verts], [t.faces]), target_length=mean_len)) > 0  # would deform the template
 
 
 # --------------------------------------------------------------------------- silhouettes
@@ -298,7 +371,7 @@ def test_silhouette_inputs_are_checked():
 def fitted(tmp_path_factory):
     """A quick fit of the three-model category (shared by the fitting tests)."""
     root = _write_cad_set(tmp_path_factory.mktemp("cad"))
-    models = load_cad_models(root, "thing")
+    models = load_cad_models(root, "bottle")
     config = FitConfig.quick(steps=100, image_size=64, silhouette_batch=2)
     result = fit_category(models, config, progress=False)
     return models, config, result, evaluate(result.mesh, models, config)
@@ -307,7 +380,7 @@ def fitted(tmp_path_factory):
 @pytest.mark.slow
 def test_fitting_halves_chamfer_and_raises_silhouette_iou(fitted):
     models, config, result, m = fitted
-    assert [x.name for x in models] == ["01", "02", "03"]
+    assert [x.index for x in models] == [1, 2, 3] and result.names == ["01", "02", "03"]
     for n in range(3):
         assert m["chamfer_deformed"][n] <= 0.5 * m["chamfer_template"][n]
         assert m["iou_deformed"][n] > m["iou_template"][n]
@@ -345,8 +418,8 @@ def test_fit_latent_beats_the_mean_code(fitted):
         assert torch.equal(fit.init, mesh.mean_code())
         assert fit.iou_fit > fit.iou_init
         assert fit.history[-1] < fit.history[0]
-        assert unseen_iou(fit.z, m) > unseen_iou(fit.init, m), m.name
-        assert chamfer_to_cad(fit.z, m) < chamfer_to_cad(fit.init, m), m.name
+        assert unseen_iou(fit.z, m) > unseen_iou(fit.init, m), m.index
+        assert chamfer_to_cad(fit.z, m) < chamfer_to_cad(fit.init, m), m.index
     assert all(torch.equal(before[k], v) for k, v in mesh.state_dict().items())
     assert all(p.requires_grad for p in mesh.parameters())
 
@@ -393,9 +466,9 @@ def test_code_adam_is_torch_adam_per_drawn_code():
 def test_codes_not_drawn_at_a_step_do_not_move(tmp_path):
     """models_per_step=1: at every step exactly one code takes an Adam step; every other code
     and its Adam state are bitwise unchanged (checkpoint after each step, read in the callback)."""
-    models = load_cad_models(_write_cad_set(tmp_path), "thing")
+    models = load_cad_models(_write_cad_set(tmp_path), "bottle")
     config = FitConfig(steps=8, checkpoint_every=1, models_per_step=1, **TINY)
-    ckpt = tmp_path / "thing.pt"
+    ckpt = tmp_path / "bottle.pt"
     initial = fit_category(models, FitConfig(**{**config.to_dict(), "steps": 0}), progress=False).mesh.latents.detach()
     snaps = [(initial, torch.zeros(3, dtype=torch.int64), torch.zeros_like(initial), torch.zeros_like(initial))]
 
@@ -417,12 +490,12 @@ def test_codes_not_drawn_at_a_step_do_not_move(tmp_path):
 
 
 def test_checkpoint_round_trip_is_bitwise(tmp_path):
-    models = load_cad_models(_write_cad_set(tmp_path), "thing")
+    models = load_cad_models(_write_cad_set(tmp_path), "bottle")
     config = FitConfig(steps=4, checkpoint_every=2, **TINY)
-    ckpt = tmp_path / "ck" / "thing.pt"
-    result = fit_category(models, config, checkpoint=ckpt, category="thing", progress=False)
+    ckpt = tmp_path / "ck" / "bottle.pt"
+    result = fit_category(models, config, checkpoint=ckpt, category="bottle", progress=False)
     loaded, opt_state, category = load_checkpoint(ckpt)
-    assert category == "thing" and loaded.steps == 4 and loaded.names == ["01", "02", "03"] and loaded.config == config
+    assert category == "bottle" and loaded.steps == 4 and loaded.names == ["01", "02", "03"] and loaded.config == config
     a, b = result.mesh.state_dict(), loaded.mesh.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(loaded.mesh.deformed_verts(loaded.mesh.latents), result.mesh.deformed_verts(result.mesh.latents))
@@ -430,7 +503,7 @@ def test_checkpoint_round_trip_is_bitwise(tmp_path):
     assert loaded.optimizer is None and result.optimizer is not None
     _assert_same_state(opt_state, result.optimizer.state_dict())  # the live optimizer's state, saved bitwise
     assert opt_state["codes"]["step_count"].sum() == 4 * 3  # every model drawn at each of the 4 steps
-    assert sorted(os.listdir(ckpt.parent)) == ["thing.pt"]  # atomic write leaves no temp file
+    assert sorted(os.listdir(ckpt.parent)) == ["bottle.pt"]  # atomic write leaves no temp file
 
 
 def _assert_same_state(a, b, where="state"):
@@ -451,8 +524,8 @@ def _assert_same_state(a, b, where="state"):
 
 
 def test_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    models = load_cad_models(_write_cad_set(tmp_path), "thing")
-    ckpt = tmp_path / "ck" / "thing.pt"
+    models = load_cad_models(_write_cad_set(tmp_path), "bottle")
+    ckpt = tmp_path / "ck" / "bottle.pt"
     result = fit_category(models, FitConfig(steps=2, **TINY), checkpoint=ckpt, progress=False)
     saved = ckpt.read_bytes()
 
@@ -463,15 +536,15 @@ def test_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeyp
     monkeypatch.setattr(torch, "save", failing_save)
     result.steps += 1
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(ckpt, result, result.optimizer, "thing")
+        save_checkpoint(ckpt, result, result.optimizer, "bottle")
     monkeypatch.undo()
     assert ckpt.read_bytes() == saved
-    assert sorted(os.listdir(ckpt.parent)) == ["thing.pt"]
+    assert sorted(os.listdir(ckpt.parent)) == ["bottle.pt"]
     assert load_checkpoint(ckpt)[0].steps == 2
 
 
 def test_interrupted_fit_resumes_to_the_same_result(tmp_path):
-    models = load_cad_models(_write_cad_set(tmp_path), "thing")
+    models = load_cad_models(_write_cad_set(tmp_path), "bottle")
     config = FitConfig(steps=6, checkpoint_every=3, models_per_step=2, **TINY)  # per-code Adam state must resume too
     straight = fit_category(models, config, progress=False)
 
@@ -479,7 +552,7 @@ def test_interrupted_fit_resumes_to_the_same_result(tmp_path):
         if step == 4:
             raise KeyboardInterrupt
 
-    ckpt = tmp_path / "thing.pt"
+    ckpt = tmp_path / "bottle.pt"
     with pytest.raises(KeyboardInterrupt):
         fit_category(models, config, checkpoint=ckpt, callback=interrupt, progress=False)
     assert load_checkpoint(ckpt)[0].steps == 3  # the last checkpoint before the interruption
@@ -510,7 +583,7 @@ def _train_view_iou(mesh, models, config):
 def test_silhouette_term_alone_fits_the_training_silhouettes(tmp_path):
     """Only w_silhouette is non-zero: the soft IoU loss falls and every model's hard IoU on the
     training views rises (inverted targets, or a silhouette term left out of the loss, would not)."""
-    models = load_cad_models(_write_cad_set(tmp_path), "thing")
+    models = load_cad_models(_write_cad_set(tmp_path), "bottle")
     weights = dict(w_chamfer=0.0, w_laplacian=0.0, w_edge=0.0, w_offset=0.0, w_latent=0.0, w_silhouette=1.0)
     config = FitConfig(steps=20, lr_net=5e-3, lr_latent=5e-2, sigma=0.5, **{**TINY, "silhouette_batch": 12}, **weights)
     result = fit_category(models, config, progress=False)
@@ -521,18 +594,54 @@ def test_silhouette_term_alone_fits_the_training_silhouettes(tmp_path):
     assert h[-1] < h[0] and sum(h[-5:]) < sum(h[:5])
 
 
-def test_fit_accepts_the_projects_cad_models():
-    """dmnt_lib.data's CADModel (index, no name) and any verts/faces object fit like deform's CADModel."""
-    from dmnt_lib.data import cad_models
+def _same_models(a, b):
+    return [(m.category, m.index) for m in a] == [(m.category, m.index) for m in b] and all(
+        torch.equal(x.verts, y.verts) and torch.equal(x.faces, y.faces) for x, y in zip(a, b))
 
+
+def _write_library(root, models, z_up=False):
+    """``root/CAD/<category>/NN.off``, y up as in memory or in PASCAL3D+'s z-up frame, where
+    ``(x, y, z)_ours = (x, z, -y)_file``."""
+    for m in models:
+        v = torch.stack([m.verts[:, 0], -m.verts[:, 2], m.verts[:, 1]], 1) if z_up else m.verts
+        write_off(Path(root) / "CAD" / m.category / f"{m.index:02d}.off", v, m.faces)
+    return root
+
+
+def test_load_cad_models_reads_the_projects_models_in_either_frame(tmp_path):
+    """Written .off files come back as dmnt_lib.data.CADModel with the generator's exact
+    geometry: stored y up, and stored z up when meta.json says ``cad_frame: z_up`` (PASCAL3D+'s
+    on-disk frame) or when asked with ``z_up=True``."""
     cars = cad_models("car")
+    loaded = load_cad_models(_write_library(tmp_path / "y", cars), "car")
+    assert all(isinstance(m, CADModel) for m in loaded) and _same_models(loaded, cars)
+    assert all(m.part_names == ("mesh",) and not m.face_material.any() and not m.face_part.any() for m in loaded)
+    _write_library(tmp_path / "z", cars, z_up=True)
+    assert not _same_models(load_cad_models(tmp_path / "z", "car"), cars)
+    assert _same_models(load_cad_models(tmp_path / "z", "car", z_up=True), cars)
+    (tmp_path / "z" / "meta.json").write_text('{"format": "dmnt", "cad_frame": "z_up"}')
+    assert _same_models(load_cad_models(tmp_path / "z", "car"), cars)
+    (tmp_path / "z" / "meta.json").write_text('{"cad_frame": "x_up"}')
+    with pytest.raises(ValueError, match="cad_frame"):
+        load_cad_models(tmp_path / "z", "car")
+    with pytest.raises(TypeError, match="z_up"):
+        load_cad_models(tmp_path / "y", "car", z_up="yes")
+    write_off(tmp_path / "y" / "CAD" / "car" / "extra.off", cars[0].verts, cars[0].faces)
+    with pytest.raises(ValueError, match="NN.off"):
+        load_cad_models(tmp_path / "y", "car")
+
+
+def test_fit_accepts_the_projects_cad_models(tmp_path):
+    """dmnt_lib.data.cad_models and the same models read back from .off files fit identically;
+    any object with verts/faces fits too (named by position)."""
+    cars = cad_models("car")
+    read = load_cad_models(_write_library(tmp_path, cars), "car")
     config = FitConfig(steps=2, **TINY)
-    ours = [CADModel(f"{m.index:02d}", m.verts, m.faces) for m in cars]
-    a, b = fit_category(cars, config, progress=False), fit_category(ours, config, progress=False)
+    a, b = fit_category(cars, config, progress=False), fit_category(read, config, progress=False)
     assert a.names == b.names == [f"{i:02d}" for i in range(1, len(cars) + 1)]
     sa, sb = a.mesh.state_dict(), b.mesh.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa) and a.history == b.history
-    assert evaluate(a.mesh, cars, config) == evaluate(b.mesh, ours, config)
+    assert evaluate(a.mesh, cars, config) == evaluate(b.mesh, read, config)
     plain = [SimpleNamespace(verts=m.verts, faces=m.faces) for m in cars[:2]]
     assert fit_category(plain, config, progress=False).names == ["01", "02"]
 
@@ -593,7 +702,7 @@ BAD_CALLS = [
     ("z list", lambda k: k.mesh.net(torch.zeros(4, 3), [0.0] * 8), TypeError, "z"),
     ("points nan", lambda k: k.mesh.net(torch.full((4, 3), NAN), torch.zeros(8)), ValueError, "points"),
     ("chamfer int", lambda k: chamfer_distance(torch.zeros(1, 4, 3, dtype=torch.int64), torch.zeros(1, 4, 3)), TypeError, "x"),
-    ("chamfer mixed", lambda k: chamfer_distance(torch.zeros(1, 4, 3), torch.zeros(1, 4, 3, dtype=torch.float64)), TypeError, "dtype"),
+    ("chamfer mixed", lambda k: chamfer_distance(torch.zeros(1, 4, 3), torch.zeros(1, 4, 3, dtype=torch.float64)), TypeError, "y must be float32"),
     ("chamfer nan", lambda k: chamfer_distance(torch.zeros(1, 4, 3), torch.full((1, 4, 3), NAN)), ValueError, "y contains NaN"),
     ("chamfer list", lambda k: chamfer_distance([[[0.0, 0, 0]]], torch.zeros(1, 4, 3)), TypeError, "x"),
     ("laplacian edge >= V", lambda k: laplacian_smoothness(torch.zeros(10, 3), E[:4].clamp(max=10)), ValueError, "edges"),
@@ -612,10 +721,10 @@ BAD_CALLS = [
     ("seed < 0", lambda k: FitConfig(seed=-1), ValueError, "seed"),
     ("steps float", lambda k: FitConfig(steps=1.5), TypeError, "steps"),
     ("views nan", lambda k: FitConfig(views=((0.0, NAN),)), ValueError, "views"),
-    ("evaluate net", lambda k: evaluate(k.mesh.net, [CADModel("a", k.mesh.template.verts, k.mesh.template.faces)] * 3, FitConfig(**TINY)), TypeError, "mesh"),
-    ("evaluate dict", lambda k: evaluate(k.mesh, [CADModel("a", k.mesh.template.verts, k.mesh.template.faces)] * 3, FitConfig(**TINY).to_dict()), TypeError, "config"),
-    ("template str", lambda k: fit_category([CADModel("a", k.mesh.template.verts, k.mesh.template.faces)], FitConfig(**TINY), template="t"), TypeError, "template"),
-    ("cad faces range", lambda k: make_template([CADModel("a", torch.rand(3, 3), torch.tensor([[0, 1, 3]]))]), ValueError, r"cad_models\[0\].faces"),
+    ("evaluate net", lambda k: evaluate(k.mesh.net, [_cad(k.mesh.template.verts, k.mesh.template.faces)] * 3, FitConfig(**TINY)), TypeError, "mesh"),
+    ("evaluate dict", lambda k: evaluate(k.mesh, [_cad(k.mesh.template.verts, k.mesh.template.faces)] * 3, FitConfig(**TINY).to_dict()), TypeError, "config"),
+    ("template str", lambda k: fit_category([_cad(k.mesh.template.verts, k.mesh.template.faces)], FitConfig(**TINY), template="t"), TypeError, "template"),
+    ("cad faces range", lambda k: make_template([_cad(torch.rand(3, 3), torch.tensor([[0, 1, 3]]))]), ValueError, r"cad_models\[0\].faces"),
 ]
 
 
@@ -631,8 +740,8 @@ def test_bad_inputs_get_a_clear_error(call, exc, match):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     root = _write_cad_set(tmp_path_factory.mktemp("ck"))
-    models = load_cad_models(root, "thing")
-    ckpt = root / "thing.pt"
+    models = load_cad_models(root, "bottle")
+    ckpt = root / "bottle.pt"
     fit_category(models, FitConfig(steps=1, **TINY), checkpoint=ckpt, progress=False)
     return models, ckpt
 
@@ -659,7 +768,7 @@ def test_resuming_from_a_damaged_optimizer_state_is_a_value_error(tiny_checkpoin
     models, ckpt = tiny_checkpoint
     ck = torch.load(ckpt, weights_only=True)
     ck["optimizer"]["codes"]["exp_avg"] = torch.zeros(5, 4)
-    bad = tmp_path / "thing.pt"
+    bad = tmp_path / "bottle.pt"
     torch.save(ck, bad)
     with pytest.raises(ValueError, match="'optimizer'"):
         fit_category(models, FitConfig(steps=1, **TINY), checkpoint=bad, progress=False)
@@ -684,10 +793,10 @@ def test_cli_prints_table_and_final_line(tmp_path, capsys, restore_threads):
     out = capsys.readouterr().out.strip().splitlines()
     m = re.fullmatch(r"mean chamfer template=(\S+) deformed=(\S+); silhouette IoU template=(\S+) deformed=(\S+)", out[-1])
     assert m, out[-1]
-    row = next(l.split() for l in out if l.startswith("thing "))
+    row = next(l.split() for l in out if l.startswith("bottle "))
     assert row[1] == "3" and [float(x) for x in row[2:6]] == [float(x) for x in m.groups()]  # one category: mean = its row
     assert out[-2].split()[:2] == ["total", "3"] and float(out[-2].split()[-1]) >= 0
-    assert (tmp_path / "ck" / "thing.pt").is_file()
+    assert (tmp_path / "ck" / "bottle.pt").is_file()
 
 
 @pytest.mark.parametrize("option", [["--threads", "0"], ["--steps", "-3"], ["--seed", "x"], ["--device", "gpu0"]])
@@ -711,7 +820,7 @@ def test_cli_cuda_without_gpu_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_demo_needs_cad_models(tmp_path):
-    from dmnt_lib.deform_cli import demo
+    from dmnt_lib.deform.cli import demo
 
     with pytest.raises(FileNotFoundError, match="CAD"):
         demo(tmp_path / "fig", tmp_path, tmp_path / "cache", quick=True)
@@ -739,3 +848,27 @@ def test_shade_covers_exactly_the_silhouette():
     img = shade(t.verts, t.faces, cams, 32)
     assert torch.equal(~torch.isnan(img), render_mask(t, cams, 32))
     assert float(img[~torch.isnan(img)].min()) >= 0.15 and float(img[~torch.isnan(img)].max()) <= 1.0
+
+
+def test_latent_fit_figure_shows_each_view_and_the_fits_ious():
+    """One row per view (target, mean code, fitted code); each row's IoU titles are the
+    per-view IoUs whose mean ``fit_latent`` reports."""
+    import matplotlib.pyplot as plt
+
+    from dmnt_lib.deform.viz import latent_fit_figure
+
+    mesh = _small_net_mesh()
+    with torch.no_grad():
+        mesh.latents.normal_(0, 1.0, generator=torch.Generator().manual_seed(3))  # distinct codes
+    cams = _sphere_cams((32, 32), n=2)
+    target = _cad(mesh.template.verts * torch.tensor([1.2, 0.7, 1.0]), mesh.template.faces)
+    mask = hard_silhouette(target.verts[None].expand(2, -1, -1), target.faces, cams, 32)
+    fit = fit_latent(mesh, cams, mask, steps=3)
+    fig = latent_fit_figure(mesh, fit, target, cams, 32)
+    axes = fig.axes
+    assert len(axes) == 6 and [a.get_title().split()[0] for a in axes[:3]] == ["target", "mean", "fitted"]
+    ious = [[float(a.get_title().split()[-1]) for a in axes[r * 3 + 1 : r * 3 + 3]] for r in range(2)]
+    assert sum(r[0] for r in ious) / 2 == pytest.approx(fit.iou_init, abs=0.006)
+    assert sum(r[1] for r in ious) / 2 == pytest.approx(fit.iou_fit, abs=0.006)
+    assert all(a.get_images() and a.get_images()[0].get_array().std() > 0 for a in axes)  # non-blank panels
+    plt.close(fig)

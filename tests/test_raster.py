@@ -164,6 +164,17 @@ def test_near_and_far_cameras(cuboid):
     assert_backends_agree(cuboid, far, 32)
 
 
+def test_other_pytorch3d_perspective_cameras_agree(cuboid):
+    """Rays come from the cameras' own matrices, so NDC-space FoV cameras work as well."""
+    from pytorch3d.renderer import FoVPerspectiveCameras
+
+    from dmnt_lib.camera import pose_to_RT
+
+    R, T = pose_to_RT(*_poses(3, seed=20))
+    emb, _ = assert_backends_agree(cuboid, FoVPerspectiveCameras(R=R, T=T, fov=35.0), (40, 52))
+    assert emb.mask.any(dim=(1, 2)).all()
+
+
 @pytest.mark.slow
 def test_batch_of_432_poses_equals_one_by_one():
     cuboid = cuboid_template([1.0, 0.7, 1.8], num_verts=150)  # PyTorch3D's CPU cost grows with F
@@ -311,6 +322,15 @@ def test_mesh_outside_the_view_or_behind_the_camera_gives_an_empty_mask(cuboid):
             assert not frag.mask.any() and (frag.pix_to_face == -1).all() and (frag.uv == 0).all()
 
 
+def test_mesh_without_faces_covers_nothing():
+    faces = torch.zeros(0, 3, dtype=torch.int64)
+    mesh = UVMesh(torch.rand(3, 3), faces, torch.zeros(1, 2), faces)
+    cams = pose_to_cameras(*_poses(2, seed=21), 16, focal=30.0)
+    for backend in ("embree", "pytorch3d"):
+        frag = uv_fragment(mesh, cams, 16, backend=backend)
+        assert frag.pix_to_face.shape == (2, 16, 16) and not frag.mask.any() and (frag.chart == -1).all()
+
+
 def test_bad_inputs(cuboid):
     cams = pose_to_cameras(*_poses(2, seed=15), 16, focal=30.0)
     with pytest.raises(TypeError, match="mesh"):
@@ -351,3 +371,66 @@ def test_cuda_defaults_to_pytorch3d_and_refuses_embree(cuboid):
     assert (frag.pix_to_face.cpu() == ref.pix_to_face).double().mean() >= 0.999
     with pytest.raises(ValueError, match="backend='embree'"):
         rasterize(mesh, cams, 32, backend="embree")
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def test_bench_prints_the_raster_table(capsys):
+    from dmnt_lib.bench import main
+
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--only", "raster", "--raster-sizes", "8", "--raster-poses", "1", "3", "--raster-max-p3d-poses", "2",
+                     "--repeats", "1", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["cuboid"]]
+    assert [(r[1], r[2], r[9]) for r in rows] == [("8", "1", "1"), ("8", "3", "2/3")]
+    for r in rows:  # ratios are the quotients of the printed times
+        p3d_fwd, emb_fwd, x_fwd, p3d_fb, emb_fb, x_fb = map(float, r[3:9])
+        assert abs(x_fwd - p3d_fwd / emb_fwd) <= 0.051 * x_fwd + 0.06 and abs(x_fb - p3d_fb / emb_fb) <= 0.051 * x_fb + 0.06
+
+
+def test_dense_barycentric_path_equals_the_sparse_one(cuboid):
+    """The dense form (the CUDA default, no host sync) gives the same maps and gradients."""
+    from dmnt_lib.raster import hit_barycentrics, scatter_hits
+
+    cams = pose_to_cameras(*_poses(3, seed=17), (20, 28), focal=40.0)
+    p2f = rasterize(cuboid, cams, (20, 28)).pix_to_face
+    out = {}
+    for dense in (False, True):
+        verts = cuboid.verts.clone().requires_grad_()
+        flat, face, bary, zbuf = hit_barycentrics(project_verts(verts, cams), cuboid.faces, p2f, dense=dense)
+        assert len(flat) == (p2f.numel() if dense else int((p2f >= 0).sum()))
+        maps = scatter_hits(bary, flat, p2f, 0.0), scatter_hits(zbuf, flat, p2f, -1.0)
+        (maps[0].square().sum() + maps[1].sum()).backward()
+        out[dense] = maps + (verts.grad,)
+    for a, b in zip(out[False], out[True]):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_gradients_to_focal_and_principal_point_equal_pytorch3d_native(cuboid):
+    size = (26, 30)
+    pose = _poses(3, seed=18)
+    g = torch.Generator().manual_seed(19)
+    texture = torch.rand(1, 3, 16, 16, generator=g)
+    weight = torch.randn(3, 3, *size, generator=g)
+    grads = {}
+    for backend in ("embree", "native"):
+        focal = torch.tensor([50.0, 55.0, 60.0], requires_grad=True)
+        principal = torch.tensor([[16.0, 12.5], [14.2, 13.9], [15.0, 12.0]], requires_grad=True)
+        cams = pose_to_cameras(*pose, size, focal=focal, principal=principal)
+        if backend == "native":
+            p2f, bary, _ = _native(cuboid.verts, cuboid.faces, cams, size)
+            mask = p2f >= 0
+            corner = cuboid.verts_uvs[cuboid.faces_uvs][p2f.clamp(min=0)]
+            uv = torch.where(mask[..., None], (torch.where(mask[..., None], bary, 0)[..., :, None] * corner).sum(-2).clamp(0, 1), 0)
+        else:
+            frag = uv_fragment(cuboid, cams, size, backend=backend)
+            uv, mask = frag.uv, frag.mask
+        (sample_texture(texture, uv, mask) * weight).sum().backward()
+        grads[backend] = (focal.grad, principal.grad)
+    for a, b in zip(grads["embree"], grads["native"]):
+        assert b.abs().max() > 0
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max()

@@ -25,7 +25,7 @@ def scene():
 def _pytorch3d_textured(mesh, cams, texture):
     """PyTorch3D's own TexturesUV sampling of the same texture, set to our conventions:
     its v axis points up (it flips the map), so we hand it the flipped map; zeros padding and
-    align_corners=False as in DESIGN §3."""
+    align_corners=False as in docs/design.md §3."""
     from pytorch3d.renderer import MeshRasterizer, RasterizationSettings, TexturesUV
 
     b = len(cams)
@@ -42,15 +42,22 @@ def _pytorch3d_textured(mesh, cams, texture):
     return meshes.textures.sample_textures(frags)[..., 0, :].permute(0, 3, 1, 2)
 
 
-def test_uv_in_unit_square_on_mask_and_zero_off_it(scene):
-    _, _, frag = scene
+def test_uv_is_the_hit_face_uv_triangle_interpolated_and_zero_off_the_mask(scene):
+    mesh, _, frag = scene
     assert frag.uv.shape == (4, SIZE, SIZE, 2) and frag.mask.shape == (4, SIZE, SIZE)
     assert frag.mask.any(dim=(1, 2)).all()
-    on = frag.uv[frag.mask]
-    assert (on >= 0).all() and (on <= 1).all()
+    face = frag.pix_to_face[frag.mask]
+    assert (frag.pix_to_face[~frag.mask] == -1).all() and (face >= 0).all()
+    bary = frag.bary[frag.mask]
+    # Each on-mask pixel lies inside its face (barycentrics in [0, 1], summing to 1) ...
+    assert torch.allclose(bary.sum(-1), torch.ones(()), atol=1e-5) and (bary > -1e-5).all()
+    # ... and its uv is that face's UV triangle interpolated: a point of the face's own UV triangle.
+    corners = mesh.verts_uvs[mesh.faces_uvs[face]]  # (N, 3, 2)
+    assert torch.allclose(frag.uv[frag.mask], (bary[..., None] * corners).sum(1).clamp(0, 1), atol=1e-6)
     assert (frag.uv[~frag.mask] == 0).all()
-    assert (frag.pix_to_face[~frag.mask] == -1).all() and (frag.pix_to_face[frag.mask] >= 0).all()
-    assert torch.allclose(frag.bary[frag.mask].sum(-1), torch.ones(()), atol=1e-5)
+    # The per-pixel chart is the hit face's chart.
+    assert torch.equal(frag.chart[frag.mask], mesh.face_charts()[face])
+    assert (frag.chart[~frag.mask] == -1).all()
 
 
 def test_sampling_through_uv_fragment_equals_pytorch3d_texturesuv(scene):
@@ -146,3 +153,19 @@ def test_bad_inputs(scene):
         sample_texture(torch.rand(3, 3, 8, 8), frag.uv)
     with pytest.raises(ValueError, match="mask must have shape"):
         sample_texture(torch.rand(1, 3, 8, 8), frag.uv, frag.mask[:, :-1])
+
+
+@pytest.mark.parametrize("backend", ["embree", "pytorch3d"])
+def test_backend_argument_reaches_every_render_function(scene, backend):
+    mesh, cams, frag = scene  # frag: the default backend (Embree on CPU)
+    other = uv_fragment(mesh, cams, SIZE, backend=backend)
+    assert torch.equal(other.mask, frag.mask) and torch.equal(other.pix_to_face, frag.pix_to_face)
+    assert torch.allclose(other.uv, frag.uv, atol=1e-5) and torch.equal(other.chart, frag.chart)
+    assert torch.equal(render_mask(mesh, cams, SIZE, backend=backend), frag.mask)
+    texture = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    feats, mask = render_texture(mesh, texture, cams, SIZE, backend=backend)
+    assert torch.equal(mask, frag.mask) and torch.allclose(feats, sample_texture(texture, frag.uv, frag.mask), atol=1e-5)
+    frags = rasterize(mesh, cams, SIZE, backend=backend)
+    assert torch.equal(frags.pix_to_face, frag.pix_to_face) and torch.allclose(frags.bary, frag.bary, atol=1e-6)
+    with pytest.raises(ValueError, match="backend"):
+        render_mask(mesh, cams, SIZE, backend="nvdiffrast")

@@ -1,4 +1,4 @@
-"""Data without downloads (DESIGN §5): procedural CAD models, synthetic PASCAL3D+-style scenes
+"""Data without downloads (docs/design.md §5): procedural CAD models, synthetic PASCAL3D+-style scenes
 with OccludedPASCAL3D+ levels L0–L3, and a loader for real PASCAL3D+ in NeMo's layout.
 
 * ``shapes``     – the 12 categories' procedural CAD models (``CAD/<category>/NN.off``);

@@ -104,7 +104,7 @@ from .shapes import CATEGORIES
 
 __all__ = [
     "Sample", "Pascal3D", "read_annotation", "read_image", "write_sample", "write_list", "read_list",
-    "nemo_lists", "atomic_write_bytes", "npz_bytes", "level_folders", "detect_convention", "cad_is_z_up",
+    "nemo_lists", "npz_bytes", "level_folders", "detect_convention", "cad_is_z_up",
     "nemo_resize_rate", "nemo_crop_camera", "nemo_crop_mask", "REQUIRED_FIELDS", "OPTIONAL_FIELDS",
     "NEMO_FIELDS", "DMNT_FORMAT", "OCC_ROOT_NAME", "CAD_RELEASE_NAME",
 ]

@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..camera import camera_center, pose_to_cameras, pose_to_RT, project_points
+from ..camera import pose_to_cameras, pose_to_RT, project_points
 from . import _checks
 from .occlusion import LEVEL_RANGES, OcclusionError, place_occluders, procedural_texture, random_color, random_shape_field
 from .pascal3d import DMNT_FORMAT, atomic_write_bytes, write_list, write_sample

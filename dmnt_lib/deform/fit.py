@@ -16,10 +16,10 @@ targets are the CAD models' hard masks from ``views``; the soft renders use
 ``silhouette.soft_silhouette``. Only the drawn models' codes move at a step (``optim.CodeAdam``:
 per-code Adam), the net with ``torch.optim.Adam``. ``fit_latent`` (test time) lives in ``latent.py``.
 
-CAD models are any objects with ``verts (V, 3)`` float and ``faces (F, 3)`` int64 tensors:
-this module's ``CADModel`` (``load_cad_models``) or ``dmnt_lib.data.CADModel``
-(``dmnt_lib.data.cad_models``). Their names come from ``name``, else ``index`` (``"%02d"``,
-the ``NN.off`` file name), else their 1-based position.
+CAD models are ``dmnt_lib.data.CADModel`` (``load_cad_models`` reads them from ``.off`` files,
+``dmnt_lib.data.cad_models`` builds the procedural ones), or any objects with ``verts (V, 3)``
+float and ``faces (F, 3)`` int64 tensors. Their names are their ``index`` as ``"%02d"`` (the
+``NN.off`` file name), else their 1-based position.
 
 Checkpoints (``torch.save`` through ``fileio.atomic_path``: temp file, then ``os.replace``)
 hold the step, the net, the codes, both optimisers' states, the config (which includes the
@@ -37,7 +37,8 @@ from typing import Callable
 
 import torch
 
-from ..camera import pose_to_cameras
+from ..camera import camera_center, pose_to_cameras
+from ..data.shapes import CADModel
 from ..fileio import atomic_path
 from ..mesh import UVMesh, cuboid_template, read_off
 from .geometry import chamfer_distance, edge_length_loss, laplacian_smoothness, mesh_edges, offset_magnitude, sample_surface
@@ -46,7 +47,6 @@ from .optim import FitOptimizer
 from .silhouette import hard_silhouette, silhouette_iou, soft_iou_loss, soft_silhouette
 
 __all__ = [
-    "CADModel",
     "load_cad_models",
     "model_names",
     "make_template",
@@ -64,33 +64,49 @@ CHECKPOINT_FORMAT = "dmnt-deform-v2"
 _CHECKPOINT_KEYS = ("format", "category", "step", "config", "names", "template", "net_config", "state", "optimizer", "history")
 
 
-@dataclass(frozen=True)
-class CADModel:
-    """One CAD model: ``verts (V, 3)`` float32, ``faces (F, 3)`` int64, and its ``name`` (e.g. ``"01"``)."""
+def load_cad_models(data_dir: str | os.PathLike, category: str, z_up: bool | None = None) -> list[CADModel]:
+    """Read ``data_dir/CAD/<category>/NN.off`` (by index) as ``dmnt_lib.data.CADModel``.
 
-    name: str
-    verts: torch.Tensor
-    faces: torch.Tensor
+    ``.off`` files hold geometry only, so every face gets material 0 and part 0 (``"mesh"``).
+    ``index`` is ``NN``. Vertices are returned in our frame (y up, ``dmnt_lib.data.shapes``):
+    files stored in PASCAL3D+'s on-disk frame (z up) are converted with NeMo's
+    ``(x, y, z) → (x, z, −y)`` (a proper rotation; winding kept).
 
-
-def load_cad_models(data_dir: str | os.PathLike, category: str) -> list[CADModel]:
-    """Read ``data_dir/CAD/<category>/*.off`` (sorted by name) with ``mesh.read_off``, in our
-    y-up frame: CAD files are stored z up (PASCAL3D+'s, and the data generator's) unless
-    ``data_dir``'s ``meta.json`` says otherwise (``data.pascal3d.cad_is_z_up``).
+    Args:
+        data_dir: a dataset folder holding ``CAD/``.
+        category: the folder name under ``CAD/``.
+        z_up: whether the files are stored z up; ``None``: as ``data.pascal3d.cad_is_z_up`` says
+            (z up, PASCAL3D+'s frame and the generator's, unless our ``meta.json`` says otherwise).
 
     Raises:
-        FileNotFoundError: the folder is missing or holds no ``.off`` file.
+        FileNotFoundError: the folder is missing or holds no ``.off`` file. ValueError: a file
+        not named ``NN.off`` (digits), or a bad ``meta.json``.
     """
-    folder = Path(data_dir) / "CAD" / category
+    if z_up is not None and not isinstance(z_up, bool):
+        raise TypeError(f"z_up must be a bool or None, got {type(z_up).__name__}")
+    data_dir = Path(data_dir)
+    folder = data_dir / "CAD" / category
     if not folder.is_dir():
         raise FileNotFoundError(f"no CAD folder for category {category!r}: {folder} does not exist")
-    paths = sorted(folder.glob("*.off"))
+    paths = list(folder.glob("*.off"))
     if not paths:
         raise FileNotFoundError(f"no .off files in {folder}")
-    from ..data.pascal3d import cad_is_z_up
+    bad = [p.name for p in paths if not p.stem.isdigit()]
+    if bad:
+        raise ValueError(f"CAD files must be named NN.off (the 1-based cad_index), got {sorted(bad)} in {folder}")
+    indices = sorted(int(p.stem) for p in paths)
+    if len(set(indices)) != len(indices) or indices[0] < 1:
+        raise ValueError(f"CAD file names in {folder} must be distinct 1-based indices NN.off, got {sorted(p.name for p in paths)}")
+    if z_up is None:
+        from ..data.pascal3d import cad_is_z_up
 
-    z_up = cad_is_z_up(data_dir)
-    return [CADModel(p.stem, *read_off(p, z_up=z_up)) for p in paths]
+        z_up = cad_is_z_up(data_dir)
+    models = []
+    for p in sorted(paths, key=lambda p: int(p.stem)):
+        verts, faces = read_off(p, z_up=z_up)
+        zeros = torch.zeros(len(faces), dtype=torch.int64)
+        models.append(CADModel(category, int(p.stem), verts, faces, zeros, zeros.clone(), ("mesh",)))
+    return models
 
 
 def make_template(cad_models: list[CADModel], num_verts: int = 1000) -> UVMesh:
@@ -124,10 +140,8 @@ def model_names(cad_models) -> list[str]:
             raise ValueError(f"cad_models[{i}].faces indices must lie in [0, {len(verts)})")
         if not torch.isfinite(verts).all():
             raise ValueError(f"cad_models[{i}].verts contains NaN or inf")
-        name, index = getattr(m, "name", None), getattr(m, "index", None)
-        if isinstance(name, str):
-            names.append(name)
-        elif isinstance(index, int) and not isinstance(index, bool):
+        index = getattr(m, "index", None)
+        if isinstance(index, int) and not isinstance(index, bool):
             names.append(f"{index:02d}")
         else:
             names.append(f"{i + 1:02d}")
@@ -148,10 +162,11 @@ def _views(name: str, v) -> tuple[tuple[float, float], ...]:
 
 
 def _view_dirs(views) -> torch.Tensor:
-    """Unit directions ``(n, 3)`` float64 from the origin to cameras at ``(azimuth°, elevation°)``:
-    360° apart azimuths, or any azimuth at a pole, give the same direction."""
+    """Unit directions ``(n, 3)`` float64 from the origin to cameras at ``(azimuth°, elevation°)``
+    (``camera.camera_center`` at distance 1): 360° apart azimuths, or any azimuth at a pole,
+    give the same direction."""
     a, e = torch.tensor(views, dtype=torch.float64).deg2rad().unbind(-1)
-    return torch.stack([e.cos() * a.sin(), e.sin(), e.cos() * a.cos()], dim=-1)
+    return camera_center(a, e, torch.ones((), dtype=torch.float64))
 
 
 @dataclass(frozen=True)

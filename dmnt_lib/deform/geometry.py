@@ -1,27 +1,37 @@
-"""Surface sampling, chamfer distance and the deformation regularizers.
+"""Surface sampling, chamfer distance and the deformation regularizers, on PyTorch3D's ops.
 
-Everything here is plain PyTorch, differentiable in the vertex positions.
+Sampling is ``pytorch3d.ops.sample_points_from_meshes`` (made reproducible from a generator),
+the chamfer distance is ``pytorch3d.loss.chamfer_distance`` and the Laplacian operator is
+``pytorch3d.ops.laplacian``; the wrappers add argument checks and the batch conventions of
+``fit.py``. Everything is differentiable in the vertex positions.
 
-Regularizers (all applied to a batch of deformed meshes sharing the template's faces):
+Regularizers (all applied to a batch of deformed meshes sharing the template's faces); two
+differ from PyTorch3D's losses on purpose (each docstring says why, the tests compare them):
 
-* ``laplacian_smoothness``: uniform (umbrella) Laplacian ``(L x)_i = x_i − mean_{j∈N(i)} x_j`` of
-  the per-vertex **offsets**, ``mean_i ‖(L δ)_i‖²``. Applied to offsets rather than positions
-  so the template's own sharp corners (a cuboid's edges) are not penalised, only the
-  roughness the network adds. A constant offset field (a translation) costs exactly 0.
+* ``laplacian_smoothness``: ``mean_i ‖(L δ)_i‖²`` for the uniform (umbrella) Laplacian
+  ``(L x)_i = mean_{j∈N(i)} x_j − x_i`` of the per-vertex **offsets**. Applied to offsets
+  rather than positions so the template's own sharp corners (a cuboid's edges) are not
+  penalised, only the roughness the network adds. A constant offset field (a translation)
+  costs exactly 0. (``mesh_laplacian_smoothing`` averages the unsquared norm of positions.)
 * ``edge_length_loss``: ``mean_e ((ℓ_e − ℓ⁰_e) / ℓ⁰_e)²`` for every mesh edge, relative to the
-  template's length ``ℓ⁰``: keeps triangles from collapsing or stretching, which keeps the UV
-  atlas (and the neural texture on it) evenly sampled. Rigid motions cost exactly 0.
+  template's own length ``ℓ⁰_e``: keeps triangles from collapsing or stretching, which keeps
+  the UV atlas (and the neural texture on it) evenly sampled. Rigid motions cost exactly 0.
+  (``mesh_edge_loss`` pulls every edge to one common length.)
 * ``offset_magnitude``: ``mean_i ‖δ_i‖²``, a weak pull towards the template.
 """
 
 from __future__ import annotations
 
 import torch
+from pytorch3d.loss import chamfer_distance as _pytorch3d_chamfer
+from pytorch3d.ops import laplacian, sample_points_from_meshes
+from pytorch3d.structures import Meshes
 
 __all__ = [
     "mesh_edges",
     "sample_surface",
     "chamfer_distance",
+    "uniform_laplacian",
     "laplacian_smoothness",
     "edge_length_loss",
     "offset_magnitude",
@@ -61,7 +71,11 @@ def _batched_verts(name: str, verts: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 
 def mesh_edges(faces: torch.Tensor) -> torch.Tensor:
-    """Unique undirected edges ``(E, 2)`` int64 (``i < j``, lexicographically sorted) of a triangle mesh ``faces (F, 3)`` int64."""
+    """Unique undirected edges ``(E, 2)`` int64 (``i < j``, lexicographically sorted) of a triangle mesh ``faces (F, 3)`` int64.
+
+    The same edges as PyTorch3D's ``Meshes.edges_packed()`` (tested), without building a
+    ``Meshes`` (which needs vertices) from the faces alone.
+    """
     _check_faces(faces, None)
     e = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
     e = torch.sort(e, dim=1).values
@@ -69,115 +83,126 @@ def mesh_edges(faces: torch.Tensor) -> torch.Tensor:
 
 
 def sample_surface(verts: torch.Tensor, faces: torch.Tensor, num_samples: int, generator: torch.Generator) -> torch.Tensor:
-    """Points drawn uniformly by area on triangle meshes, differentiable in ``verts``.
+    """Points drawn uniformly by area on triangle meshes, differentiable in ``verts``: PyTorch3D's
+    ``sample_points_from_meshes``, made reproducible from a generator.
 
-    Faces are drawn with probability proportional to their area (areas detached: the choice is
-    discrete), then a point inside each with the square-root trick
-    ``p = (1−√r₁) a + √r₁(1−r₂) b + √r₁ r₂ c``, which is uniform on the triangle.
+    PyTorch3D draws its faces (``multinomial`` on the areas) and barycentric coordinates
+    (square-root trick) from the *global* RNG and takes no generator. Fitting must not depend on
+    (or disturb) the global RNG: a resumed fit repeats an uninterrupted one only if step ``t``
+    draws the same samples, whatever ran before. So one seed is drawn from ``generator`` and
+    PyTorch3D's sampler runs inside ``torch.random.fork_rng`` seeded with it: the caller's global
+    RNG state is restored afterwards (not thread-safe: another thread drawing from the global RNG
+    meanwhile would see the seeded state).
 
     Args:
         verts: ``(V, 3)`` or ``(B, V, 3)`` float.
         faces: ``(F, 3)`` int64, shared by the batch.
         num_samples: points per mesh, ``>= 1``.
-        generator: a seeded ``torch.Generator`` on ``verts.device`` (the only randomness used).
+        generator: a seeded ``torch.Generator`` (any device); its state advances by one draw.
 
     Returns:
         ``(num_samples, 3)`` or ``(B, num_samples, 3)``, same dtype as ``verts``.
     """
     v, squeeze = _batched_verts("verts", verts)
     _check_faces(faces, v.shape[1])
-    if not isinstance(num_samples, int) or num_samples < 1:
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    tri = v[:, faces]  # (B, F, 3, 3)
-    areas = torch.linalg.vector_norm(torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1), dim=-1)
-    areas = areas.detach()
-    if not (areas.sum(dim=1) > 0).all():
+    meshes = Meshes(verts=v, faces=faces.to(v.device)[None].expand(v.shape[0], -1, -1))
+    meshes.verts_packed()  # cached with its autograd history *before* no_grad (else samples lose it)
+    with torch.no_grad():
+        areas = meshes.faces_areas_packed().reshape(v.shape[0], -1).sum(dim=1)
+    if not (areas > 0).all():  # PyTorch3D would fail inside multinomial
         raise ValueError("verts: every mesh needs a positive surface area to sample from")
-    face_idx = torch.multinomial(areas, num_samples, replacement=True, generator=generator)  # (B, N)
-    r = torch.rand(v.shape[0], num_samples, 2, generator=generator, device=v.device, dtype=v.dtype)
-    s = r[..., 0].sqrt()
-    w = torch.stack([1 - s, s * (1 - r[..., 1]), s * r[..., 1]], dim=-1)  # (B, N, 3)
-    corners = torch.gather(tri, 1, face_idx[..., None, None].expand(-1, -1, 3, 3))  # (B, N, 3, 3)
-    pts = (w[..., None] * corners).sum(dim=2)
+    seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+    cuda = [v.device] if v.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(v.device):
+                torch.cuda.manual_seed(seed)
+        pts = sample_points_from_meshes(meshes, num_samples)
     return pts[0] if squeeze else pts
 
 
-def _nearest_dist2(x: torch.Tensor, y: torch.Tensor, chunk: int) -> torch.Tensor:
-    """``min_j ‖x_i − y_j‖²`` per point of ``x (B, P, 3)`` → ``(B, P)``.
+def chamfer_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Symmetric squared chamfer distance per batch element: PyTorch3D's ``chamfer_distance``.
 
-    The nearest neighbour is the argmin of ``‖y_j‖² − 2 x_i·y_j`` (one ``addmm`` per chunk of
-    ``chunk`` query points of one batch element, so the block stays in cache; no gradient),
-    then the distance to it is recomputed exactly as ``‖x − y_nn‖²``: the expanded form loses
-    precision for nearby points, and autograd through the gather gives the exact gradient.
-    """
-    with torch.no_grad():
-        xd, yd = x.detach(), y.detach()
-        y2 = (yd * yd).sum(-1)
-        nn_idx = torch.stack([
-            torch.cat([torch.addmm(y2[b], xd[b, s : s + chunk], yd[b].t(), alpha=-2).argmin(dim=1) for s in range(0, x.shape[1], chunk)])
-            for b in range(x.shape[0])
-        ])
-    nearest = torch.gather(y, 1, nn_idx[..., None].expand(-1, -1, 3))
-    return ((x - nearest) ** 2).sum(-1)
-
-
-def chamfer_distance(x: torch.Tensor, y: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-    """Symmetric squared chamfer distance per batch element.
-
-    ``CD(X, Y) = mean_{x∈X} min_{y∈Y} ‖x−y‖² + mean_{y∈Y} min_{x∈X} ‖x−y‖²`` (the same value as
-    PyTorch3D's ``chamfer_distance`` with ``point_reduction="mean"``), in squared object units.
-    Brute force in chunks of ``chunk`` query points (memory ``O(chunk · max(P, Q))``).
+    ``CD(X, Y) = mean_{x∈X} min_{y∈Y} ‖x−y‖² + mean_{y∈Y} min_{x∈X} ‖x−y‖²`` in squared
+    object units (``point_reduction="mean"``, no batch reduction; nearest neighbours from
+    ``pytorch3d.ops.knn_points``). This wrapper only checks the inputs.
 
     Args:
-        x: ``(B, P, 3)`` float; y: ``(B, Q, 3)``, same ``B``, dtype and device; both finite.
+        x: ``(B, P, 3)`` float32; y: ``(B, Q, 3)`` float32, same ``B`` and device; both finite.
 
     Returns:
-        ``(B,)``, the inputs' dtype, differentiable in both.
+        ``(B,)`` float32, differentiable in both.
     """
     for name, t in (("x", x), ("y", y)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 3 or t.shape[-1] != 3 or t.shape[1] == 0:
             raise ValueError(f"{name} must be a non-empty (B, N, 3) tensor, got {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be floating point, got {t.dtype}")
+        if t.dtype != torch.float32:  # not silently cast: float64 callers would get float32 values
+            raise TypeError(f"{name} must be float32 (PyTorch3D's CPU knn_points takes no other dtype), got {t.dtype}")
         if not torch.isfinite(t).all():
             raise ValueError(f"{name} contains NaN or inf")
-    if x.dtype != y.dtype or x.device != y.device:
-        raise TypeError(f"x and y must have the same dtype and device, got {x.dtype}/{x.device} and {y.dtype}/{y.device}")
+    if x.device != y.device:
+        raise TypeError(f"x and y must be on the same device, got {x.device} and {y.device}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y must have the same batch size, got {x.shape[0]} and {y.shape[0]}")
-    if not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
-    return _nearest_dist2(x, y, chunk).mean(dim=1) + _nearest_dist2(y, x, chunk).mean(dim=1)
+    return _pytorch3d_chamfer(x, y, batch_reduction=None, point_reduction="mean")[0]
+
+
+def uniform_laplacian(x: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """``(L x)_i = mean_{j∈N(i)} x_j − x_i`` with PyTorch3D's ``ops.laplacian`` (``D⁻¹A − I``).
+
+    Args:
+        x: ``(V, 3)`` or ``(B, V, 3)`` per-vertex vectors.
+        edges: ``(E, 2)`` int64 unique undirected edges (``mesh_edges``). An isolated vertex
+            gets ``−x_i`` (PyTorch3D's convention; a closed template has none).
+
+    Returns:
+        ``(V, 3)`` or ``(B, V, 3)``, like ``x``.
+    """
+    xb, squeeze = _batched_verts("x", x)
+    _check_index_table("edges", edges, 2, xb.shape[1])
+    b, n, _ = xb.shape
+    lap = laplacian(xb[0], edges.to(xb.device)).to(xb.dtype)  # sparse (V, V), float32 in PyTorch3D
+    out = torch.sparse.mm(lap, xb.permute(1, 0, 2).reshape(n, b * 3)).reshape(n, b, 3).permute(1, 0, 2)
+    return out[0] if squeeze else out
 
 
 def laplacian_smoothness(x: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """Uniform-Laplacian roughness ``mean_i ‖x_i − mean_{j∈N(i)} x_j‖²`` (mean over batch too).
+    """Uniform-Laplacian roughness ``mean_i ‖(L x)_i‖²`` (mean over the batch too).
+
+    The operator is PyTorch3D's (``uniform_laplacian``), the reduction is not:
+    ``pytorch3d.loss.mesh_laplacian_smoothing`` averages the *unsquared* norm ``‖(L x)_i‖``
+    and applies it to the mesh positions. The squared norm is smooth at 0 (its gradient
+    vanishes as the roughness does, where the unsquared one keeps a constant pull that makes
+    small offsets jitter) and is what ``FitConfig.w_laplacian`` was tuned for; and it is applied
+    to the offsets (module docstring). ``tests/test_deform.py`` checks that
+    ``mean_i ‖(L x)_i‖`` equals ``mesh_laplacian_smoothing``.
 
     Args:
         x: ``(V, 3)`` or ``(B, V, 3)`` per-vertex vectors (offsets in this module).
-        edges: ``(E, 2)`` int64 undirected edges (``mesh_edges``); isolated vertices count 0.
+        edges: ``(E, 2)`` int64 undirected edges (``mesh_edges``).
 
     Returns:
         scalar tensor.
     """
-    x, _ = _batched_verts("x", x)
-    _check_index_table("edges", edges, 2, x.shape[1])
-    b, n, _ = x.shape
-    i, j = edges[:, 0], edges[:, 1]
-    nbr_sum = torch.zeros_like(x)
-    nbr_sum = nbr_sum.index_add(1, i, x[:, j]).index_add(1, j, x[:, i])
-    deg = torch.zeros(n, dtype=x.dtype, device=x.device).index_add(0, i, torch.ones_like(i, dtype=x.dtype))
-    deg = deg.index_add(0, j, torch.ones_like(j, dtype=x.dtype))
-    lap = torch.where(deg[None, :, None] > 0, x - nbr_sum / deg.clamp(min=1)[None, :, None], torch.zeros_like(x))
-    return (lap**2).sum(-1).mean()
+    return (uniform_laplacian(x, edges) ** 2).sum(-1).mean()
 
 
 def edge_length_loss(verts: torch.Tensor, template_verts: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     """Relative edge-length change ``mean_e ((ℓ_e − ℓ⁰_e)/ℓ⁰_e)²`` against the template.
+
+    Not ``pytorch3d.loss.mesh_edge_loss``, which is ``mean_e (ℓ_e − ℓ*)²`` for one target length
+    ``ℓ*``: a cuboid template subdivided on a box of unequal sides has edges of several lengths
+    (0.11–0.17 on a 642-vertex 1 × 0.8 × 2.2 box), and pulling them all to one length would
+    deform the template by itself. For a
+    template whose edges all have length ``ℓ*`` the two agree up to the factor ``ℓ*²`` (tested).
 
     Args:
         verts: ``(V, 3)`` or ``(B, V, 3)`` deformed positions.

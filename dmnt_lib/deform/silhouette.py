@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ..camera import _image_hw
+from ..sizes import size_hw
 
 __all__ = ["soft_silhouette", "hard_silhouette", "silhouette_iou", "soft_iou_loss", "to_ndc"]
 
@@ -42,7 +42,7 @@ def _check_inputs(verts, faces, cameras, image_size) -> tuple[int, int]:
         raise ValueError(f"cameras has batch {len(cameras)} but verts has batch {verts.shape[0]}")
     if not torch.isfinite(verts).all():
         raise ValueError("verts contains NaN or inf")
-    return _image_hw(image_size)
+    return size_hw(image_size, "image_size")
 
 
 def _meshes(verts: torch.Tensor, faces: torch.Tensor):

@@ -1,5 +1,5 @@
-"""Pictures of deformable meshes: shaded renders, Figure 2 drawn from a ``DeformationNet``, and
-the template-vs-deformed figure of ``make demo``.
+"""Pictures of deformable meshes: shaded renders, Figure 2 drawn from a ``DeformationNet``, the
+per-model fit gallery, the test-time latent fit, and the template-vs-deformed figure of ``make demo``.
 
 Matplotlib is imported inside the functions (the library itself never needs it).
 """
@@ -12,7 +12,8 @@ import torch
 
 from .net import DeformationNet
 
-__all__ = ["shade", "silhouette_overlay", "draw_architecture", "plot_history", "fit_gallery", "deformation_figure"]
+__all__ = ["shade", "silhouette_overlay", "draw_architecture", "plot_history", "fit_gallery", "latent_fit_figure",
+           "deformation_figure"]
 
 _LIGHT = torch.tensor([0.4, 0.6, 0.7])  # view-space direction towards the light (x left, y up, z forward)
 
@@ -28,11 +29,11 @@ def shade(verts: torch.Tensor, faces: torch.Tensor, cameras, image_size) -> torc
     Returns:
         ``(B, H, W)`` float32: gray level in ``[0.15, 1]`` on the object, ``NaN`` on the background.
     """
-    from ..camera import _image_hw
+    from ..sizes import size_hw
     from ..mesh import UVMesh
     from ..raster import visibility
 
-    h, w = _image_hw(image_size)
+    h, w = size_hw(image_size, "image_size")
     b = len(cameras)
     vb = verts.detach().float()[None].expand(b, -1, -1)
     p2f = visibility(UVMesh(vb[0], faces, torch.zeros(1, 2), torch.zeros_like(faces)), cameras, (h, w))
@@ -118,7 +119,7 @@ def draw_architecture(net: DeformationNet, ax=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(1.3 * (net.depth + 4), 3.2))
     enc_dim = 3 + 6 * net.num_freqs
-    boxes = [(f"x ∈ R³\n(template\nvertex)", "#dde8f5"), (f"γ(x)\nL={net.num_freqs}\n{enc_dim}", "#dde8f5")]
+    boxes = [("x ∈ R³\n(template\nvertex)", "#dde8f5"), (f"γ(x)\nL={net.num_freqs}\n{enc_dim}", "#dde8f5")]
     for i, layer in enumerate(net.layers):
         label = f"Linear\n{layer.in_features}→{layer.out_features}\nReLU"
         boxes.append((label, "#f7e3c6" if i in net.skip else "#eeeeee"))
@@ -198,3 +199,41 @@ def deformation_figure(rows, path, image_size: int = 96, models_per_row: int = 2
                         transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=7)
     fig.suptitle("Cuboid template deformed by the MLP to each CAD model (same faces and UVs)", fontsize=9)
     return save_figure(fig, path, dpi=80)
+
+
+@torch.no_grad()
+def latent_fit_figure(mesh, fit, target, cameras, image_size):
+    """A test-time shape fit (``latent.fit_latent``), one row per view: the target CAD model
+    shaded, then the silhouettes of the starting (mean) code and of the fitted code over the
+    target's (gray: both, red: target only, blue: prediction only), titled with their IoU.
+
+    Args:
+        mesh: the ``DeformableMesh`` the code was fitted with.
+        fit: its ``LatentFit`` (``init`` and ``z``, ``(D,)`` codes).
+        target: the target CAD model (any object with ``verts (V, 3)`` and ``faces (F, 3)``).
+        cameras: the ``B`` PyTorch3D cameras ``fit_latent`` was given; image_size: ``S``.
+
+    Returns:
+        the matplotlib figure (``B`` rows, 3 columns); IoUs are recomputed per view with
+        ``silhouette.silhouette_iou``, so their mean over views is ``fit.iou_init`` / ``fit.iou_fit``.
+    """
+    import matplotlib.pyplot as plt
+
+    from .silhouette import hard_silhouette, silhouette_iou
+
+    b = len(cameras)
+    target_mask = hard_silhouette(target.verts.float()[None].expand(b, -1, -1), target.faces, cameras, image_size)
+    shaded = shade(target.verts, target.faces, cameras, image_size)
+    preds = {name: hard_silhouette(mesh.deformed_verts(code).detach()[None].expand(b, -1, -1), mesh.template.faces, cameras, image_size)
+             for name, code in (("mean code", fit.init), ("fitted code", fit.z))}
+    fig, axes = plt.subplots(b, 3, figsize=(7, 2.3 * b), squeeze=False)
+    for v in range(b):
+        axes[v, 0].imshow(shaded[v], cmap="gray", vmin=0, vmax=1)
+        axes[v, 0].set_title("target", fontsize=8)
+        for c, (name, pred) in enumerate(preds.items(), start=1):
+            iou = float(silhouette_iou(pred[v : v + 1], target_mask[v : v + 1])[0])
+            axes[v, c].imshow(silhouette_overlay(pred[v], target_mask[v]))
+            axes[v, c].set_title(f"{name}  IoU {iou:.2f}", fontsize=8)
+        for ax in axes[v]:
+            ax.axis("off")
+    return fig

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..camera import _image_hw
+from ..sizes import size_hw
 from ..mesh import UVMesh
-from .bary import barycentrics, pixel_centers_ndc, project_verts
+from .bary import barycentrics, camera_transforms, hit_barycentrics, pixel_centers_ndc, project_verts, scatter_hits
 
-__all__ = ["Fragments", "BACKENDS", "rasterize", "visibility", "resolve_backend", "barycentrics", "project_verts", "pixel_centers_ndc"]
+__all__ = ["Fragments", "BACKENDS", "rasterize", "rasterize_hits", "visibility", "scatter_hits", "resolve_backend", "barycentrics", "project_verts", "pixel_centers_ndc"]
 
 BACKENDS = ("auto", "embree", "pytorch3d")
 
@@ -78,11 +78,14 @@ def _check_inputs(mesh, cameras) -> tuple[torch.Tensor, int]:
     return verts.to(cameras.device), b
 
 
-def _pix_to_face(verts, faces, cameras, h, w, backend) -> torch.Tensor:
-    if resolve_backend(backend, verts.device) == "embree":
+def _pix_to_face(verts, faces, cameras, h, w, backend, transforms=None) -> torch.Tensor:
+    name = resolve_backend(backend, verts.device)
+    if faces.shape[0] == 0:  # a mesh without faces covers nothing (neither library accepts it)
+        return torch.full((len(cameras), h, w), -1, dtype=torch.int64, device=verts.device)
+    if name == "embree":
         from .embree import embree_pix_to_face
 
-        return embree_pix_to_face(verts, faces, cameras, h, w)
+        return embree_pix_to_face(verts, faces, cameras, h, w, transforms)
     from .pytorch3d import pytorch3d_pix_to_face
 
     return pytorch3d_pix_to_face(verts, faces, cameras, h, w)
@@ -92,8 +95,22 @@ def visibility(mesh: UVMesh, cameras, image_size, backend: str = "auto") -> torc
     """Only ``rasterize``'s ``pix_to_face (B, H, W)`` (int64, -1 off): for masks and face-id maps,
     without the barycentric step. Same arguments and checks as ``rasterize``."""
     verts, _ = _check_inputs(mesh, cameras)
-    h, w = _image_hw(image_size)
+    h, w = size_hw(image_size, "image_size")
     return _pix_to_face(verts, mesh.faces.to(verts.device), cameras, h, w, backend)
+
+
+def rasterize_hits(mesh: UVMesh, cameras, image_size, backend: str = "auto"):
+    """``rasterize`` before scattering to images (for callers that interpolate per hit).
+
+    Returns:
+        ``pix_to_face (B, H, W)`` and ``hit_barycentrics``' ``(flat_pix, face, bary, zbuf)``.
+    """
+    verts, b = _check_inputs(mesh, cameras)
+    h, w = size_hw(image_size, "image_size")
+    faces = mesh.faces.to(verts.device)
+    transforms = camera_transforms(cameras)
+    pix_to_face = _pix_to_face(verts, faces, cameras, h, w, backend, transforms)
+    return (pix_to_face,) + hit_barycentrics(project_verts(verts.float(), cameras, transforms), faces, pix_to_face)
 
 
 def rasterize(mesh: UVMesh, cameras, image_size, backend: str = "auto") -> Fragments:
@@ -110,11 +127,10 @@ def rasterize(mesh: UVMesh, cameras, image_size, backend: str = "auto") -> Fragm
         ``Fragments`` with ``(B, H, W)`` / ``(B, H, W, 3)`` fields; ``bary`` and ``zbuf`` are
         differentiable in ``mesh.verts`` and in the camera parameters.
     """
-    verts, b = _check_inputs(mesh, cameras)
-    h, w = _image_hw(image_size)
-    faces = mesh.faces.to(verts.device)
-    pix_to_face = _pix_to_face(verts, faces, cameras, h, w, backend)
-    vb = verts.float()
-    vb = vb.expand(b, -1, -1) if vb.dim() == 2 else vb
-    bary, zbuf = barycentrics(project_verts(vb, cameras), faces, pix_to_face)
-    return Fragments(pix_to_face=pix_to_face, bary=bary, zbuf=zbuf, mask=pix_to_face >= 0)
+    pix_to_face, flat_pix, _, bary, zbuf = rasterize_hits(mesh, cameras, image_size, backend)
+    return Fragments(
+        pix_to_face=pix_to_face,
+        bary=scatter_hits(bary, flat_pix, pix_to_face, 0.0),
+        zbuf=scatter_hits(zbuf, flat_pix, pix_to_face, -1.0),
+        mask=pix_to_face >= 0,
+    )

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["K_EPSILON", "pixel_centers_ndc", "project_verts", "barycentrics"]
+__all__ = ["K_EPSILON", "pixel_centers_ndc", "camera_transforms", "project_verts", "hit_barycentrics", "scatter_hits", "barycentrics"]
 
 K_EPSILON = 1e-8  # PyTorch3D's rasterize_meshes kEpsilon
 
@@ -49,32 +49,109 @@ def pixel_centers_ndc(h: int, w: int, device=None, dtype=torch.float32) -> tuple
     return _pix_to_non_square_ndc(cols, w, h).to(device), _pix_to_non_square_ndc(rows, h, w).to(device)
 
 
-def project_verts(verts: torch.Tensor, cameras) -> torch.Tensor:
+def camera_transforms(cameras) -> tuple[torch.Tensor, torch.Tensor]:
+    """World→view and view→NDC matrices ``(1 or B, 4, 4)`` (row-vector convention) of PyTorch3D
+    cameras, as ``MeshRasterizer.transform`` composes them (the projection composed with the
+    screen→NDC map), differentiable in the camera parameters. Computed once per ``rasterize``
+    call and shared by ray generation and ``project_verts`` (PyTorch3D recomposes its
+    ``Transform3d`` chains on every use)."""
+    from pytorch3d.renderer.cameras import try_get_projection_transform
+
+    proj = try_get_projection_transform(cameras, {})
+    if proj is None:
+        raise ValueError(f"cameras must have a projection matrix, got {type(cameras).__name__}")
+    return cameras.get_world_to_view_transform().get_matrix(), proj.compose(cameras.get_ndc_camera_transform()).get_matrix()
+
+
+def _transform_points(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``Transform3d.transform_points`` with a given matrix, op for op (homogeneous bmm, divide)."""
+    pts = points[None] if points.dim() == 2 else points
+    pts = torch.cat([pts, torch.ones(*pts.shape[:2], 1, dtype=pts.dtype, device=pts.device)], dim=2)
+    if len(pts) != len(matrix):
+        pts, matrix = (pts.expand(len(matrix), -1, -1), matrix) if len(pts) == 1 else (pts, matrix.expand(len(pts), -1, -1))
+    out = pts.bmm(matrix)
+    return out[..., :3] / out[..., 3:]
+
+
+def project_verts(verts: torch.Tensor, cameras, transforms=None) -> torch.Tensor:
     """Vertices in PyTorch3D's rasterizer space, exactly as ``MeshRasterizer.transform`` makes them.
 
+    The same operations as its two ``transform_points`` calls, bit for bit: the barycentrics of
+    small faces are ill-conditioned (edge functions of nearby points), and merely composing the
+    two matrices or reordering a sum moves them by up to 1e-4.
+
     Args:
-        verts: ``(B, V, 3)`` world (object-frame) positions, one set per camera.
-        cameras: PyTorch3D cameras, batch ``B``.
+        verts: ``(V, 3)`` (the same for every camera) or ``(B, V, 3)`` world (object-frame)
+            positions.
+        cameras: PyTorch3D cameras with a projection matrix, batch ``B``.
+        transforms: optional ``camera_transforms(cameras)``, if already computed.
 
     Returns:
         ``(B, V, 3)``: NDC ``x, y`` and view-space ``z``; differentiable in ``verts`` and in the
         camera parameters.
     """
-    from pytorch3d.renderer.cameras import try_get_projection_transform
-
-    verts_view = cameras.get_world_to_view_transform().transform_points(verts)
-    to_ndc = cameras.get_ndc_camera_transform()
-    proj = try_get_projection_transform(cameras, {})
-    if proj is not None:
-        xy = proj.compose(to_ndc).transform_points(verts_view)[..., :2]
-    else:  # cameras without a projection matrix form (as MeshRasterizer.transform handles them)
-        xy = to_ndc.transform_points(cameras.transform_points(verts))[..., :2]
+    world_to_view, view_to_ndc = transforms if transforms is not None else camera_transforms(cameras)
+    verts_view = _transform_points(verts, world_to_view)
+    xy = _transform_points(verts_view, view_to_ndc)[..., :2]
     return torch.cat([xy, verts_view[..., 2:]], dim=-1)
 
 
 def _edge(px, py, ax, ay, bx, by):
     """PyTorch3D's ``EdgeFunctionForward(p, a, b)``."""
     return (px - ax) * (by - ay) - (py - ay) * (bx - ax)
+
+
+def hit_barycentrics(verts_ndc: torch.Tensor, faces: torch.Tensor, pix_to_face: torch.Tensor, dense: bool | None = None):
+    """The barycentric step on the covered pixels only (memory and time ∝ hits).
+
+    Args: as ``barycentrics``; ``dense``: compute every pixel (default: on CUDA only).
+
+    Returns:
+        ``flat_pix (N,)`` indices into the flattened ``(B*H*W)`` image, ``face (N,)``,
+        ``bary (N, 3)``, ``zbuf (N,)``. Dense (the default on CUDA), every pixel is returned
+        (``N = B*H*W``, faces clamped to 0 off the mesh), which avoids the host sync of
+        ``nonzero``; ``scatter_hits`` masks them with ``pix_to_face >= 0``.
+    """
+    b, h, w = pix_to_face.shape
+    v = verts_ndc.shape[1]
+    dtype, device = verts_ndc.dtype, verts_ndc.device
+    if dense is None:
+        dense = device.type == "cuda"
+    if dense:
+        flat_pix = torch.arange(b * h * w, device=device)
+        face = pix_to_face.reshape(-1).clamp(min=0)
+    else:
+        flat_pix = (pix_to_face.reshape(-1) >= 0).nonzero()[:, 0]
+        face = pix_to_face.reshape(-1)[flat_pix]
+    bi = flat_pix // (h * w)
+    yi = (flat_pix // w) % h
+    xi = flat_pix % w
+    xs, ys = pixel_centers_ndc(h, w, device=device, dtype=dtype)
+    px, py = xs[xi], ys[yi]
+    corner = faces.to(device)[face] + (bi * v)[:, None]  # (N, 3) rows of the flattened verts
+    fv = verts_ndc.reshape(-1, 3)[corner.reshape(-1)].reshape(-1, 3, 3)
+    x0, y0, z0 = fv[:, 0].unbind(-1)
+    x1, y1, z1 = fv[:, 1].unbind(-1)
+    x2, y2, z2 = fv[:, 2].unbind(-1)
+    area = _edge(x2, y2, x0, y0, x1, y1) + K_EPSILON
+    b0 = _edge(px, py, x1, y1, x2, y2) / area
+    b1 = _edge(px, py, x2, y2, x0, y0) / area
+    b2 = _edge(px, py, x0, y0, x1, y1) / area
+    t0, t1, t2 = b0 * z1 * z2, b1 * z0 * z2, b2 * z0 * z1
+    denom = (t0 + t1 + t2).clamp_min(K_EPSILON)
+    bary = torch.stack([t0, t1, t2], dim=-1) / denom[:, None]
+    zbuf = (bary * fv[..., 2]).sum(-1)
+    return flat_pix, face, bary, zbuf
+
+
+def scatter_hits(values: torch.Tensor, flat_pix: torch.Tensor, pix_to_face: torch.Tensor, fill: float) -> torch.Tensor:
+    """Per-hit ``values (N, ...)`` from ``hit_barycentrics`` → a ``(B, H, W, ...)`` map, ``fill`` off the mesh."""
+    shape = tuple(pix_to_face.shape) + tuple(values.shape[1:])
+    if values.shape[0] == pix_to_face.numel():  # every pixel was computed (dense, or all covered)
+        on = (pix_to_face >= 0).reshape((-1,) + (1,) * (values.dim() - 1))
+        return torch.where(on, values, torch.full_like(values, fill)).reshape(shape)
+    out = torch.full((pix_to_face.numel(),) + tuple(values.shape[1:]), fill, dtype=values.dtype, device=values.device)
+    return out.index_put((flat_pix,), values).reshape(shape)
 
 
 def barycentrics(
@@ -95,41 +172,5 @@ def barycentrics(
         ``bary (B, H, W, 3)`` (0 where ``pix_to_face < 0``) and ``zbuf (B, H, W)`` (-1 there),
         both differentiable in ``verts_ndc``.
     """
-    b, h, w = pix_to_face.shape
-    v = verts_ndc.shape[1]
-    dtype, device = verts_ndc.dtype, verts_ndc.device
-    hit = pix_to_face >= 0
-    # Only the covered pixels are computed (memory ∝ hits). On CUDA the dense form avoids the
-    # host sync of nonzero(); on CPU nonzero is free and the dense form would waste the work.
-    if device.type == "cuda":
-        flat_pix = torch.arange(b * h * w, device=device)
-        face = pix_to_face.reshape(-1).clamp(min=0)
-    else:
-        flat_pix = hit.reshape(-1).nonzero()[:, 0]
-        face = pix_to_face.reshape(-1)[flat_pix]
-    bi = flat_pix // (h * w)
-    yi = (flat_pix // w) % h
-    xi = flat_pix % w
-    xs, ys = pixel_centers_ndc(h, w, device=device, dtype=dtype)
-    px, py = xs[xi], ys[yi]
-    corner = faces.to(device)[face] + (bi * v)[:, None]  # (N, 3) rows of the flattened verts
-    fv = verts_ndc.reshape(-1, 3)[corner.reshape(-1)].reshape(-1, 3, 3)
-    x0, y0, z0 = fv[:, 0].unbind(-1)
-    x1, y1, z1 = fv[:, 1].unbind(-1)
-    x2, y2, z2 = fv[:, 2].unbind(-1)
-    area = _edge(x2, y2, x0, y0, x1, y1) + K_EPSILON
-    b0 = _edge(px, py, x1, y1, x2, y2) / area
-    b1 = _edge(px, py, x2, y2, x0, y0) / area
-    b2 = _edge(px, py, x0, y0, x1, y1) / area
-    t0, t1, t2 = b0 * z1 * z2, b1 * z0 * z2, b2 * z0 * z1
-    denom = (t0 + t1 + t2).clamp_min(K_EPSILON)
-    bary = torch.stack([t0 / denom, t1 / denom, t2 / denom], dim=-1)
-    zbuf = bary[:, 0] * z0 + bary[:, 1] * z1 + bary[:, 2] * z2
-    if device.type == "cuda":
-        on = hit.reshape(-1, 1)
-        bary_full = torch.where(on, bary, torch.zeros_like(bary)).reshape(b, h, w, 3)
-        zbuf_full = torch.where(on[:, 0], zbuf, torch.full_like(zbuf, -1.0)).reshape(b, h, w)
-        return bary_full, zbuf_full
-    bary_full = torch.zeros(b * h * w, 3, dtype=dtype, device=device).index_put((flat_pix,), bary)
-    zbuf_full = torch.full((b * h * w,), -1.0, dtype=dtype, device=device).index_put((flat_pix,), zbuf)
-    return bary_full.reshape(b, h, w, 3), zbuf_full.reshape(b, h, w)
+    flat_pix, _, bary, zbuf = hit_barycentrics(verts_ndc, faces, pix_to_face)
+    return scatter_hits(bary, flat_pix, pix_to_face, 0.0), scatter_hits(zbuf, flat_pix, pix_to_face, -1.0)

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..sizes import size_hw
 from .torch_impl import image_to_uv_torch
 
 __all__ = ["image_to_uv", "TransformInfo", "BackendFallbackWarning", "TableOverflowWarning", "BACKENDS"]
@@ -79,21 +80,6 @@ def _pick_backend(backend: str, device: torch.device) -> str:
         warnings.warn(f"image_to_uv: using the torch backend because the {kind or device.type} kernel is unavailable: {reason}",
                       BackendFallbackWarning, stacklevel=3)
     return "torch"
-
-
-def _texture_hw(texture_size) -> tuple[int, int]:
-    def is_int(x):
-        return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-    if is_int(texture_size):
-        sizes = (texture_size, texture_size)
-    elif isinstance(texture_size, (tuple, list)) and len(texture_size) == 2 and all(is_int(x) for x in texture_size):
-        sizes = tuple(texture_size)
-    else:
-        raise TypeError(f"texture_size must be an int or a pair of ints (S_h, S_w), got {texture_size!r}")
-    if min(sizes) < 1:
-        raise ValueError(f"texture_size must be positive, got {texture_size!r}")
-    return int(sizes[0]), int(sizes[1])
 
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -246,7 +232,7 @@ def image_to_uv(features, uv, mask, texture_size, seam_threshold=0.2, max_quads_
         >>> surface.shape, visible.shape
         (torch.Size([1, 4, 16, 16]), torch.Size([1, 16, 16]))
     """
-    s_h, s_w = _texture_hw(texture_size)
+    s_h, s_w = size_hw(texture_size, "texture_size")
     if s_h * s_w >= 2**31:
         raise ValueError(f"texture_size: S_h*S_w must be < 2^31 (int32 texel indices), got {(s_h, s_w)}")
     if not isinstance(validate, bool):

@@ -16,11 +16,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..sizes import size_hw
+
 __all__ = [
     "CONVEX_EPS",
     "ST_EPS",
     "ReferenceInfo",
-    "texture_hw",
     "quad_pixels",
     "quad_orientation",
     "texel_range",
@@ -58,14 +59,6 @@ def _cross(a, b) -> float:
 
 def _dot(a, b) -> float:
     return a[0] * b[0] + a[1] * b[1]
-
-
-def texture_hw(texture_size) -> tuple[int, int]:
-    """``texture_size`` (an int ``S`` or a pair ``(S_h, S_w)``) as ``(S_h, S_w)``."""
-    if isinstance(texture_size, (tuple, list)):
-        s_h, s_w = texture_size
-        return int(s_h), int(s_w)
-    return int(texture_size), int(texture_size)
 
 
 def quad_pixels(y: int, x: int) -> list[tuple[int, int]]:
@@ -174,7 +167,7 @@ def _as_inputs(features, uv, mask, texture_size, chart=None):
         raise ValueError(f"uv must have shape {(b, h, w, 2)}, got {uv.shape}")
     if mask.shape != (b, h, w):
         raise ValueError(f"mask must have shape {(b, h, w)}, got {mask.shape}")
-    return features, uv, mask, texture_hw(texture_size), chart
+    return features, uv, mask, size_hw(texture_size, "texture_size"), chart
 
 
 def _build_table(uv, mask, s_h, s_w, seam_threshold, max_quads, chart=None):

@@ -19,6 +19,10 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
+
+from .fit import CHECKPOINT_FORMAT, FitConfig, evaluate, fit_category, load_cad_models
+from .viz import deformation_figure
 
 __all__ = ["add_parser", "run", "fit_categories", "demo", "DEMO_CATEGORIES"]
 
@@ -111,10 +115,6 @@ def fit_categories(data_dir, categories=None, config=None, checkpoint_dir=None, 
     ``echo`` receives the table, one line at a time: the header, a row per category, a
     ``total`` row (models, wall seconds), and last the ``mean chamfer ...`` line.
     """
-    from tqdm.auto import tqdm
-
-    from .deform import FitConfig, evaluate, fit_category, load_cad_models
-
     config = config or FitConfig()
     start = time.perf_counter()
     cats = _categories(Path(data_dir), categories)
@@ -140,8 +140,6 @@ def fit_categories(data_dir, categories=None, config=None, checkpoint_dir=None, 
 
 
 def _config(quick: bool, steps: int | None, seed: int):
-    from .deform import FitConfig
-
     over = {"seed": seed}
     if steps is not None:
         if steps < 0:
@@ -151,8 +149,6 @@ def _config(quick: bool, steps: int | None, seed: int):
 
 
 def run(args) -> int:
-    from tqdm.auto import tqdm
-
     problem = _device_problem(args.device)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
@@ -174,14 +170,10 @@ def demo(figures_dir: Path, data_dir: Path, cache_dir: Path, quick: bool) -> lis
     Raises:
         FileNotFoundError: ``data_dir/CAD`` is missing.
     """
-    from .deform.viz import deformation_figure
-
     data_dir = Path(data_dir)
     if not (data_dir / "CAD").is_dir():
         raise FileNotFoundError(f"{data_dir / 'CAD'} does not exist: the deformation demo needs the CAD models "
                                 "(generate a dataset first, e.g. `python -m dmnt_lib data --out DIR`)")
-    from .deform.fit import CHECKPOINT_FORMAT
-
     config = _config(True, 100 if quick else None, 0)
     # The format is part of the key: a cache written by an older version is not reused (nor an error).
     key = hashlib.sha1(json.dumps({"format": CHECKPOINT_FORMAT, **config.to_dict()}, sort_keys=True).encode()).hexdigest()[:12]
