@@ -29,7 +29,7 @@ class InferenceConfig:
         fit_score: the objective that ranks poses within a category (grid) and that Adam maximizes:
             ``"nemo"`` (default) or ``"normalized"``. Measured on oracle features: the normalised score
             lets a smaller (farther) mask slide inside the object when the centre is free (``center=
-            "search"``: 6/10 poses within 5° against 10/10 with ``"nemo"``), because it rewards purity
+            "search"``: 5/10 poses within 5° against 10/10 with ``"nemo"``), because it rewards purity
             and not coverage; the raw score rewards explaining every object pixel. Both are reported.
         compare: ``"image"`` (default) compares rendered texture and features per pixel; ``"uv"`` moves the
             features onto the texture with ``transform.image_to_uv`` and compares per texel.

@@ -8,6 +8,7 @@ unit features, ``stride``, ``categories``, ``texture(category) -> (D, S, S)``, t
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -43,12 +44,19 @@ def model_background(model, centroids: int | None = None) -> torch.Tensor:
 def model_inputs(model, config: InferenceConfig, categories=None):
     """``(textures, meshes, background)`` dicts for ``render_and_compare`` from a trained model."""
     cats = list(categories) if categories is not None else list(model.categories)
-    textures = {c: model.texture(c).detach() for c in cats}
+    unknown = [c for c in cats if c not in model.categories]
+    if unknown:
+        raise ValueError(f"categories {unknown} are not in the model (it has {list(model.categories)})")
+    # The engine runs on the CPU (Embree); a model on a GPU lends CPU copies.
+    textures = {c: model.texture(c).detach().float().cpu() for c in cats}
     if config.fit_shape:
-        meshes = {c: model.deformable(c) for c in cats}
+        meshes = {}
+        for c in cats:
+            dm = model.deformable(c)
+            meshes[c] = dm if next(dm.parameters()).device.type == "cpu" else copy.deepcopy(dm).cpu()
     else:
-        meshes = {c: model.mesh(c) for c in cats}
-    return textures, meshes, model_background(model)
+        meshes = {c: model.mesh(c).to("cpu") for c in cats}
+    return textures, meshes, model_background(model).cpu()
 
 
 def infer(model, images: torch.Tensor, focal, principal=None, center: str = "known", config: InferenceConfig | None = None,
@@ -76,7 +84,7 @@ def infer(model, images: torch.Tensor, focal, principal=None, center: str = "kno
         feats = model.features(images).float()
     t_backbone = (time.perf_counter() - t0) / b
     textures, meshes, bg = model_inputs(model, config, categories)
-    preds = render_and_compare(feats.cpu() if feats.device.type != "cpu" else feats, textures, meshes, bg, focal, principal,
+    preds = render_and_compare(feats.cpu(), textures, meshes, bg, focal, principal,
                                (H, W), int(model.stride), center=center, config=config, include=include, record=record)
     for p in preds:
         p.timings["backbone"] = t_backbone
