@@ -106,9 +106,11 @@ def run_schedule(samples, world, config: InferenceConfig, backbone_s: float, str
                          "correct": p.category == s["category"]})
     wall = (time.perf_counter() - t_all) / len(rows)
     mean = lambda k: statistics.fmean(r[k] for r in rows)  # noqa: E731
-    return {"n": len(rows), "backbone": backbone_s, "init": mean("init"), "refine": mean("refine"), "masks": mean("masks"),
-            "total": backbone_s + wall, "acc_pi6": statistics.fmean(r["err"] < 30 for r in rows),
-            "median_deg": statistics.median(r["err"] for r in rows), "cls_acc": statistics.fmean(r["correct"] for r in rows)}
+    out = {"n": len(rows), "backbone": backbone_s, "init": mean("init"), "refine": mean("refine"), "masks": mean("masks"),
+           "total": backbone_s + wall, "acc_pi6": statistics.fmean(r["err"] < 30 for r in rows),
+           "median_deg": statistics.median(r["err"] for r in rows), "cls_acc": statistics.fmean(r["correct"] for r in rows)}
+    print(f"[bench] {name}: {out}", file=sys.stderr, flush=True)  # the row as soon as it exists (slow runs)
+    return out
 
 
 def _backbone_seconds(image=128, repeats=3) -> float | None:
