@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_run_demo)
 
     # Listed here for the overview; main() hands everything after "bench" to dmnt_lib.bench.main.
-    sub.add_parser("bench", help="benchmark the image->UV transform backends (see: bench --help; training: bench train --help)", add_help=False)
+    sub.add_parser("bench", help="benchmark the image->UV transform backends (see: bench --help; training: bench train --help; inference: bench infer --help)", add_help=False)
 
     for name in _SUBCOMMAND_MODULES:
         try:
@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         from .model.bench import main as bench_train_main
 
         return int(bench_train_main(argv[2:]) or 0)
+    if argv[:2] == ["bench", "infer"]:  # render-and-compare seconds per image (dmnt_lib.inference.bench)
+        from .inference.bench import main as bench_infer_main
+
+        return int(bench_infer_main(argv[2:]) or 0)
     if argv[:1] == ["bench"]:
         from .bench import main as bench_main
 
