@@ -66,7 +66,7 @@ def test_tiny_run_lowers_the_loss_and_learns_correspondences(tiny, tmp_path):
     train_idx, _ = split_indices(ds, ds.categories, cfg)
     frags = FragmentCache()
     trained = evaluate_correspondence(model, ds, train_idx, frags, cfg)
-    fresh = DMNT(model.categories, {c: model.meshes[c] for c in model.categories}, model.cad_names, model.config)
+    fresh = DMNT(model.categories, {c: model.deformable(c) for c in model.categories}, model.cad_names, model.config)
     untrained = evaluate_correspondence(fresh, ds, train_idx, frags, cfg, candidates=model.textures.seen > 0)
     assert trained["texels"] == untrained["texels"] > 500
     assert trained["corr"] > untrained["corr"] + 0.1, (trained, untrained)
