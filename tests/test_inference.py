@@ -224,7 +224,6 @@ def test_normalized_and_nemo_scores_both_available(world, three):
     norm = run(world, feats, principal, cats, config=CFG.replace(top_k=3, steps=15))
     nemo = run(world, feats, principal, cats, config=CFG.replace(score="nemo", top_k=3, steps=15))
     assert [p.category for p in nemo] == [p.category for p in norm] == truth  # oracle features: both classify
-    h, w = H // STRIDE, W // STRIDE
     for a, b in zip(norm, nemo):
         for c in cats:  # same fit objective, so same poses; each run reports both kinds at them
             assert a.poses[c]["scores"] == pytest.approx(b.poses[c]["scores"], abs=1e-6)

@@ -168,7 +168,6 @@ def test_texture_update_with_a_reduce_is_the_update_of_the_union():
     halves = [NeuralTexture(2, 4, 8, seed=0) for _ in range(2)]
     parts = [(labels[:2], surface[:2], visible[:2]), (labels[2:], surface[2:], visible[2:])]
     # simulate all_reduce: each call sees the other rank's tensor for the same call
-    from dmnt_lib.model.texture import NeuralTexture as NT  # noqa: F401
 
     records = [[], []]
 
@@ -265,13 +264,17 @@ def test_dmnt_accessors():
         m.texture("bus")
     with pytest.raises(ValueError, match="no CAD model 9"):
         m.mesh("car", 9)
-    with pytest.raises(NotImplementedError, match="dmnt_lib.inference"):
-        try:
-            import dmnt_lib.inference  # noqa: F401
-        except ModuleNotFoundError:
-            m.infer(torch.zeros(1))
-        else:
-            raise NotImplementedError("dmnt_lib.inference exists; nothing to check")
+    # DMNT.infer is dmnt_lib.inference.infer with the model as first argument.
+    import dmnt_lib.inference as inference
+
+    calls = []
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(inference, "infer", lambda *a, **k: calls.append((a, k)) or "answer")
+    try:
+        assert m.infer("images", 500.0, center="search") == "answer"
+    finally:
+        monkey.undo()
+    assert calls == [((m, "images", 500.0), {"center": "search"})]
 
 
 def test_every_category_name_works_including_train(tmp_path):

@@ -1,6 +1,5 @@
 """Every notebook runs top to bottom in quick mode (DMNT_QUICK=1), as a user would run it."""
 
-import os
 from pathlib import Path
 
 import nbformat

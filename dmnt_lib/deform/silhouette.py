@@ -45,12 +45,6 @@ def _check_inputs(verts, faces, cameras, image_size) -> tuple[int, int]:
     return size_hw(image_size, "image_size")
 
 
-def _meshes(verts: torch.Tensor, faces: torch.Tensor):
-    from pytorch3d.structures import Meshes
-
-    return Meshes(verts=verts, faces=faces[None].expand(verts.shape[0], -1, -1))
-
-
 def hard_silhouette(verts: torch.Tensor, faces: torch.Tensor, cameras, image_size, backend: str = "auto") -> torch.Tensor:
     """Binary silhouettes: pixels whose centre a face covers (one face per pixel, no blur).
 

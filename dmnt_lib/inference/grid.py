@@ -244,7 +244,6 @@ def search_offsets(features: torch.Tensor, entry: GridFragments, tex: torch.Tens
     """
     b, d, h, w = features.shape
     a0, a1, b0, b1 = entry.bbox
-    kh, kw = a1 - a0, b1 - b0
     cy, cx = h / 2, w / 2
     r_y = h / 2 if radius is None else min(radius, h / 2)
     r_x = w / 2 if radius is None else min(radius, w / 2)

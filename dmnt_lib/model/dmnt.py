@@ -189,13 +189,9 @@ class DMNT(nn.Module):
 
     def infer(self, *args, **kwargs):
         """Render-and-compare inference: ``dmnt_lib.inference.infer(self, *args, **kwargs)``."""
-        try:
-            from ..inference import infer
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("dmnt_lib.inference"):
-                raise NotImplementedError("DMNT.infer needs dmnt_lib.inference, which this checkout does not have yet") from None
-            raise
-        return infer(self, *args, **kwargs)
+        from .. import inference
+
+        return inference.infer(self, *args, **kwargs)
 
     # ----------------------------------------------------------------- files
     def _deform_meta(self) -> dict:
