@@ -2,8 +2,8 @@
 
 ``make notebooks`` runs ``python -m dmnt_lib.notebooks``: every ``notebooks/*.ipynb`` top to
 bottom in its **non-quick** configuration (``DMNT_QUICK=0``), seeded, with the inline backend so
-figures are embedded as PNG, each written back atomically — so the repository shows the
-pictures without running anything. The test suite runs the same notebooks in quick mode and
+figures are embedded (as JPEG, to keep the repository light), each written back atomically — so
+the repository shows the pictures without running anything. The test suite runs the same notebooks in quick mode and
 never writes them back (``tests/test_notebooks.py``).
 
 Reproducibility: before the first cell, a seed cell (not kept in the notebook) seeds
@@ -23,12 +23,17 @@ from pathlib import Path
 
 from .fileio import atomic_write_text
 
-__all__ = ["execute_notebook", "main", "SEED_SOURCE"]
+__all__ = ["execute_notebook", "main", "runs_env", "SEED_SOURCE"]
 
 SEED_SOURCE = (
     "import random as _r, numpy as _np, torch as _t\n"
     "_r.seed({seed}); _np.random.seed({seed}); _t.manual_seed({seed})\n"
-    "del _r, _np, _t"
+    "del _r, _np, _t\n"
+    # JPEG at quality 85 instead of PNG: the notebooks' figures are mostly rendered images, which
+    # PNG stores at 3-5x the size (notebook 00: 1.29 MB as PNG).
+    "get_ipython().run_line_magic('config', \"InlineBackend.figure_formats = ['jpeg']\")\n"
+    "get_ipython().run_line_magic('config', \"InlineBackend.print_figure_kwargs = "
+    "{{'bbox_inches': 'tight', 'pil_kwargs': {{'quality': 85}}}}\")"
 )
 _WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -49,6 +54,28 @@ def _env(**values):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def runs_env(runs) -> dict[str, str]:
+    """The environment that points notebooks 04-07 at a finished ``reproduce`` folder ``runs``.
+
+    Without it, notebooks 04 and 06 train small models of their own and 05 uses oracle features;
+    with it they show the run's DMNT (``DMNT_RUN``, its training data ``DMNT_TRAIN_DATA``), the
+    run's test set (``DMNT_DATA``, ``DMNT_TEST_DATA``) and its baseline (``DMNT_BASELINE_RUN``);
+    07 reads the whole folder (``DMNT_RUNS``). Paths are absolute (notebooks run in their folder).
+
+    Raises:
+        FileNotFoundError: ``runs`` lacks one of the finished parts (naming it).
+    """
+    runs = Path(runs).resolve()
+    parts = {"DMNT_RUN": runs / "dmnt", "DMNT_TRAIN_DATA": runs / "data" / "train", "DMNT_DATA": runs / "data" / "test",
+             "DMNT_TEST_DATA": runs / "data" / "test", "DMNT_BASELINE_RUN": runs / "baseline"}
+    needed = {"DMNT_RUN": "model.pt", "DMNT_TRAIN_DATA": "meta.json", "DMNT_DATA": "meta.json",
+              "DMNT_TEST_DATA": "meta.json", "DMNT_BASELINE_RUN": "run.json"}
+    for key, folder in parts.items():
+        if not (folder / needed[key]).is_file():
+            raise FileNotFoundError(f"runs: {folder / needed[key]} not found (is {runs} a finished `reproduce` folder?)")
+    return {**{k: str(v) for k, v in parts.items()}, "DMNT_RUNS": str(runs)}
 
 
 def execute_notebook(path, quick: bool = False, write: bool = True, seed: int = 0, timeout: int = 1800,
@@ -118,7 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-write", action="store_true", help="execute only; leave the files as they are")
     p.add_argument("--seed", type=int, default=0, help="seed of random, NumPy and torch (default 0)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per cell (default 1800)")
+    p.add_argument("--runs", type=Path, help="a finished `reproduce` folder (e.g. runs/full) for notebooks 04-07 "
+                   "to show instead of training small models of their own")
     args = p.parse_args(argv)
+    try:
+        extra = runs_env(args.runs) if args.runs is not None else {}
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     paths = args.paths or sorted(Path("notebooks").glob("*.ipynb"))
     if not paths:
         print("error: no notebooks found", file=sys.stderr)
@@ -126,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     total = 0
     for path in paths:
         t0 = time.perf_counter()
-        execute_notebook(path, quick=args.quick, write=not args.no_write, seed=args.seed, timeout=args.timeout)
+        with _env(**extra):
+            execute_notebook(path, quick=args.quick, write=not args.no_write, seed=args.seed, timeout=args.timeout)
         size = path.stat().st_size
         total += size
         print(f"{path}: {time.perf_counter() - t0:.0f} s, {size / 1e3:.0f} kB", flush=True)

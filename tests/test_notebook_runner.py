@@ -34,7 +34,7 @@ def test_execute_writes_back_seeded_outputs(tmp_path, monkeypatch):
     assert [c.execution_count for c in code] == [1, 2]
     text = code[0].outputs[0]["text"]
     assert text.startswith("0 ")  # the full (non-quick) configuration
-    assert any("image/png" in o.get("data", {}) for o in code[1].outputs)  # the figure is embedded
+    assert any("image/jpeg" in o.get("data", {}) for o in code[1].outputs)  # the figure is embedded (JPEG)
     first = path.read_text()
     execute_notebook(path, quick=False, write=True)
     assert nbformat.read(path, as_version=4).cells[1].outputs[0]["text"] == text  # same seed, same numbers
@@ -55,3 +55,21 @@ def test_failing_cell_writes_nothing(tmp_path):
         execute_notebook(tmp_path / "none.ipynb")
     with pytest.raises(ValueError, match="seed"):
         execute_notebook(path, seed=-1)
+
+
+def test_runs_env_points_the_notebooks_at_a_finished_reproduce_folder(tmp_path):
+    from dmnt_lib.notebooks import main, runs_env
+
+    files = ["dmnt/model.pt", "data/train/meta.json", "data/test/meta.json", "baseline/run.json"]
+    for f in files:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("{}")
+    env = runs_env(tmp_path)
+    assert env["DMNT_RUN"] == str((tmp_path / "dmnt").resolve())
+    assert env["DMNT_TRAIN_DATA"] == str((tmp_path / "data/train").resolve())
+    assert env["DMNT_DATA"] == env["DMNT_TEST_DATA"] == str((tmp_path / "data/test").resolve())
+    assert env["DMNT_BASELINE_RUN"] == str((tmp_path / "baseline").resolve()) and env["DMNT_RUNS"] == str(tmp_path.resolve())
+    (tmp_path / "baseline/run.json").unlink()  # an unfinished baseline: refused, naming the missing file
+    with pytest.raises(FileNotFoundError, match="baseline/run.json"):
+        runs_env(tmp_path)
+    assert main(["--runs", str(tmp_path), str(tmp_path / "none.ipynb")]) == 2
