@@ -34,8 +34,10 @@ reproduce: $(STAMP)
 	$(PY) -m dmnt_lib reproduce --preset full --out runs/full --figures figures/full
 
 # Re-execute notebooks 00-07 in their full configuration, seeded, and write them back with outputs.
+# After `make reproduce`, notebooks 04-07 show that run (runs/full) instead of small ones of their own.
+NB_RUNS := $(if $(wildcard runs/full/summary.json),--runs runs/full,)
 notebooks: $(STAMP)
-	$(PY) -m dmnt_lib.notebooks notebooks/0[0-7]_*.ipynb
+	$(PY) -m dmnt_lib.notebooks $(NB_RUNS) notebooks/0[0-7]_*.ipynb
 
 test: $(STAMP)
 	DMNT_QUICK=1 $(PY) -m pytest

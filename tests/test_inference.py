@@ -326,6 +326,25 @@ def test_include_is_refined_but_never_classifies(world, three):
         assert b.poses[o]["refined"] and not a.poses[o]["refined"]
 
 
+def test_each_hypothesis_stops_on_its_own(world, three):
+    """Early stopping is per hypothesis: an image's result does not depend on the other images of its batch,
+    nor on the extra hypotheses ``include`` adds (evaluation adds the ground-truth category's), so the
+    label cannot reach the classification by keeping the other categories' refinement running."""
+    feats, principal, truth, _ = three
+    cats = list(SHAPES)
+    cfg = CFG.replace(top_k=1, steps=25, patience=2, tol=2e-3)  # hypotheses stop at different steps
+    batch = run(world, feats, principal, cats, config=cfg)
+    other = [cats[(cats.index(t) + 1) % 3] for t in truth]
+    inc = run(world, feats, principal, cats, config=cfg, include=other)
+    for i, (a, b) in enumerate(zip(batch, inc)):
+        alone = run(world, feats[i:i + 1], principal[i:i + 1], cats, config=cfg)[0]
+        for q in (alone, b):
+            assert q.category == a.category
+            assert q.score == pytest.approx(a.score, abs=1e-5)
+            for k in ("azimuth", "elevation", "theta", "distance"):
+                assert getattr(q, k) == pytest.approx(getattr(a, k), abs=1e-4), (i, k)
+
+
 # --------------------------------------------------------------------------- the evaluation predictor
 
 

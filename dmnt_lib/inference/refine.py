@@ -6,8 +6,13 @@ shift in feature pixels and a shape code. All of them go to one Adam (NeMo's lr 
 with an exponential learning-rate decay to ``lr_final_ratio`` of the start over ``steps``; Adam is
 per-element, so one optimizer over all categories is exactly one optimizer per hypothesis. The loss is
 ``−Σ_i objective_i`` (``config.fit_score``; + the shape prior); every step renders each category's hypotheses in one rasterizer
-call. The best-scoring parameters seen (step 0 = the init pose included) are returned, and the loop stops
-early when no hypothesis improved its best score by more than ``tol`` in ``patience`` steps.
+call. The best-scoring parameters seen (step 0 = the init pose included) are returned. Early stopping is
+**per hypothesis**: a hypothesis whose best score has not improved by more than ``tol`` in ``patience``
+steps stops (its kept parameters no longer change), and the loop ends when every hypothesis has stopped.
+So a hypothesis's result depends only on its own trajectory: not on which other images share the batch,
+nor on the extra hypotheses of a category added with ``include`` (the ground-truth category evaluation
+refines for the pose metrics), which a loop-wide stopping rule would let keep every other category's
+refinement running (and so change the classification).
 """
 
 from __future__ import annotations
@@ -133,16 +138,19 @@ def refine(features, bgmap, background, textures: dict, meshes: dict, hyps: dict
         if "shift" in trainable:
             shift_leaves.append(p["shift"])
         state[cat] = {"p": p, "mesh": mesh, "deformable": deformable, "code0": code0, "trainable": trainable,
-                      "best": None, "best_score": None, "init": None, "last": None, "traj": []}
+                      "best": None, "best_score": None, "init": None, "last": None, "traj": [],
+                      "since": torch.zeros(len(hy.image), dtype=torch.int64),  # steps since the last improvement
+                      "active": torch.ones(len(hy.image), dtype=torch.bool)}
     steps = config.steps
     groups = [{"params": leaves}] + ([{"params": shift_leaves, "lr": config.principal_lr}] if shift_leaves else [])
     opt = torch.optim.Adam(groups, lr=config.lr, betas=config.betas) if steps > 0 else None
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_final_ratio ** (1.0 / max(steps, 1))) if opt else None
-    since_improved, done = 0, 0
+    done = 0
     for step in range(steps + 1):
         last = step == steps
-        improved = False
         for cat, st in state.items():
+            if not bool(st["active"].any()):
+                continue  # every hypothesis of this category stopped: no grad, so Adam leaves it alone
             p = st["p"]
             with _frozen(st["deformable"]), torch.set_grad_enabled(not last):
                 terms, _ = evaluate_hypotheses(features, bgmap, textures[cat], background, st["mesh"], st["deformable"],
@@ -160,23 +168,23 @@ def refine(features, bgmap, background, textures: dict, meshes: dict, hyps: dict
                 st["init"] = s.clone()
                 st["init_scores"] = {k: combine(*(t.detach() for t in terms), k) for k in SCORE_KINDS}
                 st["best"], st["best_score"] = snap, s.clone()
-                improved = True
             else:
-                better = s > st["best_score"]
-                if bool((s > st["best_score"] + config.tol).any()):
-                    improved = True
+                active = st["active"]
+                better = (s > st["best_score"]) & active
+                improved = (s > st["best_score"] + config.tol) & active
                 for k, v in snap.items():
                     if v is not None:
                         m = better.reshape(-1, *([1] * (v.dim() - 1)))
                         st["best"][k] = torch.where(m, v, st["best"][k])
-                st["best_score"] = torch.maximum(st["best_score"], s)
-            st["last"] = s
+                st["best_score"] = torch.where(better, s, st["best_score"])
+                st["since"] = torch.where(improved, 0, st["since"] + 1)
+                st["active"] = active & (st["since"] < config.patience)
+            st["last"] = torch.where(st["active"], s, st["last"]) if st["last"] is not None else s
             if record:
                 st["traj"].append({**{k: v.clone() for k, v in snap.items() if v is not None}, "score": s.clone(),
                                    "principal": (p["principal"] + snap["shift"]).clone()})
         done = step
-        since_improved = 0 if improved else since_improved + 1
-        if last or since_improved >= config.patience:
+        if last or not any(bool(st["active"].any()) for st in state.values()):
             break  # the parameters just scored are the last ones: nothing is left unscored
         opt.step()
         opt.zero_grad(set_to_none=True)
