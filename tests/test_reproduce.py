@@ -205,3 +205,14 @@ def test_real_stage_graph_refuses_and_redoes_only_what_depends(tmp_path, monkeyp
     assert calls == ["train", "evaluate", "figures"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert [r["status"] for r in summary["stages"]] == ["skipped"] * 3 + ["ran", "skipped", "ran", "skipped", "ran"]
+
+
+def test_resume_flag_after_an_interruption(tmp_path):
+    """Both trainers refuse a folder holding a checkpoint or (the baseline before its first epoch ends) a
+    run.json unless --resume: the stage passes it in both cases, and not for a fresh folder."""
+    assert real_stages._resume(tmp_path) == []
+    (tmp_path / "run.json").write_text("{}")
+    assert real_stages._resume(tmp_path) == ["--resume"]
+    (tmp_path / "run.json").unlink()
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    assert real_stages._resume(tmp_path) == ["--resume"]

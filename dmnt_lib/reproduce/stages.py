@@ -43,10 +43,11 @@ PRESETS: dict[str, dict] = {
     },
     "full": {
         "categories": list(CATEGORIES), "image_size": 128,
-        # Sized for <= 2 hours on 2 CPU cores (README "Full reproduction"), from throughputs measured
+        # Sized for about 2 hours on 2 CPU cores (README "The paper's results"), from throughputs measured
         # on a quiet 2-core machine (bench train: 17-19 images/s at S=64; baseline bench: 16.5
-        # images/s at 128 px; data ~20 images/s; quick deform ~20 s per category): 360 training
-        # images per category (+ 20 DMNT holds out for its correspondence check), 12 DMNT epochs
+        # images/s at 128 px; data ~20 images/s; quick deform ~20 s per category): 380 training
+        # images per category (DMNT trains on 360 of them and holds 20 out for its correspondence check;
+        # the baseline trains on all 380), 12 DMNT epochs
         # (~50 min), 7 baseline epochs (~30 min), 20 test images per category and level (~25 min
         # of DMNT evaluation).
         # The training issue's prototype suggests >= 1000 images and 15-20 epochs for usable pose:
@@ -98,9 +99,10 @@ def _opt(name: str, value) -> list[str]:
 
 
 def _resume(run_dir: Path) -> list[str]:
-    """``--resume`` when an interrupted training left its checkpoint (both trainers refuse to
-    overwrite one without it)."""
-    return ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
+    """``--resume`` when an interrupted training left its checkpoint or (the baseline, before its first
+    epoch ends) its ``run.json``: both trainers refuse to overwrite either without it, and with it and
+    no checkpoint they start afresh."""
+    return ["--resume"] if (run_dir / "checkpoint.pt").exists() or (run_dir / "run.json").exists() else []
 
 
 def build_stages(out, config: dict, figures_dir=None, device: str = "cpu") -> list[Stage]:
