@@ -57,6 +57,10 @@ def test_reproduce_tiny_end_to_end(capsys):
         for level, row in res["levels"].items():
             assert keys <= set(row), (run, level, keys - set(row))
             assert row["n"] == 2  # tiny: 2 categories x 1 image per level
+    from dmnt_lib.reproduce.stages import finished_eval_name
+
+    assert finished_eval_name(out) == res_path.parent.name  # what notebook 07 reads: this evaluation
+    assert finished_eval_name(out / "nowhere") is None
     for f in FIGURE_FILES + ["training_loss.png"]:  # Fig. 3 from the trained model too
         assert (figs / f).stat().st_size > 0, f
     summary = json.loads((out / "summary.json").read_text())

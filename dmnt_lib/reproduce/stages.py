@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .pipeline import Stage, StageFailed
 
-__all__ = ["PRESETS", "preset", "build_stages", "cli_call"]
+__all__ = ["PRESETS", "preset", "build_stages", "cli_call", "finished_eval_name"]
 
 from ..data.shapes import CATEGORIES
 
@@ -171,3 +171,19 @@ def build_stages(out, config: dict, figures_dir=None, device: str = "cpu") -> li
     stages.append(Stage("figures", {"out": str(figures_dir)}, run_figures,
                         inputs=["data-test", "evaluate-dmnt", "evaluate-baseline"]))
     return stages
+
+
+def finished_eval_name(out) -> str | None:
+    """The ``RUN/eval/<name>`` folder name the finished ``evaluate-dmnt`` stage of the ``reproduce``
+    folder ``out`` wrote (from its manifest), or None when that stage has not finished. Readers of a
+    reproduce folder (notebook 07) use it rather than "the newest evaluation", which another
+    evaluation of the same run (notebook 06's, a user's) would change."""
+    import json
+
+    path = Path(out) / "manifest" / "evaluate-dmnt.json"
+    if not path.is_file():
+        return None
+    outputs = json.loads(path.read_text()).get("outputs", [])
+    names = {Path(o).parent.name for o in outputs if Path(o).name == "results.json"}
+    return names.pop() if len(names) == 1 else None
+
