@@ -27,7 +27,9 @@ with the ground-truth amodal mask. An image without a detection counts as wrong 
 (diagnostic) forgives a 180° azimuth flip: the smaller error of the pose and its azimuth + π.
 
 **Runs and predictors.** A run directory holds ``run.json`` with at least ``{"kind": KIND}``
-(``"baseline"``: written by ``baseline train``; ``"dmnt"``: by DMNT's training). The kind selects
+(``"baseline"``: written by ``baseline train``); a DMNT training folder has none and is recognised by
+``dmnt_lib.inference.evaluate.detect`` (``model.pt``, or the ``checkpoint.pt`` of an unfinished run, and
+``log.jsonl``). The kind selects
 a loader in ``PREDICTORS`` (``register_predictor``); kinds in ``LAZY_PREDICTORS`` are imported on
 first use from a module exposing ``load_predictor(run_dir, device, args)`` (a run without
 ``run.json`` is also offered to each such module's optional ``detect(run_dir) -> bool``).
