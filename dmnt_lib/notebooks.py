@@ -65,16 +65,18 @@ def runs_env(runs) -> dict[str, str]:
     07 reads the whole folder (``DMNT_RUNS``). Paths are absolute (notebooks run in their folder).
 
     Raises:
-        FileNotFoundError: ``runs`` lacks one of the finished parts (naming it).
+        FileNotFoundError: ``runs`` lacks one of the finished parts (naming it): the manifests of the
+            data, train and baseline stages, ``dmnt/model.pt``, ``baseline/run.json``.
     """
     runs = Path(runs).resolve()
     parts = {"DMNT_RUN": runs / "dmnt", "DMNT_TRAIN_DATA": runs / "data" / "train", "DMNT_DATA": runs / "data" / "test",
              "DMNT_TEST_DATA": runs / "data" / "test", "DMNT_BASELINE_RUN": runs / "baseline"}
-    needed = {"DMNT_RUN": "model.pt", "DMNT_TRAIN_DATA": "meta.json", "DMNT_DATA": "meta.json",
-              "DMNT_TEST_DATA": "meta.json", "DMNT_BASELINE_RUN": "run.json"}
-    for key, folder in parts.items():
-        if not (folder / needed[key]).is_file():
-            raise FileNotFoundError(f"runs: {folder / needed[key]} not found (is {runs} a finished `reproduce` folder?)")
+    # A stage's manifest is written only once it finished (reproduce.pipeline); run.json alone is not proof.
+    needed = [runs / "manifest" / f"{stage}.json" for stage in ("data-train", "data-test", "train", "baseline")]
+    needed += [runs / "dmnt" / "model.pt", runs / "baseline" / "run.json"]
+    for path in needed:
+        if not path.is_file():
+            raise FileNotFoundError(f"runs: {path} not found (is {runs} a finished `reproduce` folder?)")
     return {**{k: str(v) for k, v in parts.items()}, "DMNT_RUNS": str(runs)}
 
 

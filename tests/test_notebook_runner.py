@@ -61,6 +61,7 @@ def test_runs_env_points_the_notebooks_at_a_finished_reproduce_folder(tmp_path):
     from dmnt_lib.notebooks import main, runs_env
 
     files = ["dmnt/model.pt", "data/train/meta.json", "data/test/meta.json", "baseline/run.json"]
+    files += [f"manifest/{s}.json" for s in ("data-train", "data-test", "train", "baseline")]
     for f in files:
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / f).write_text("{}")
@@ -69,7 +70,7 @@ def test_runs_env_points_the_notebooks_at_a_finished_reproduce_folder(tmp_path):
     assert env["DMNT_TRAIN_DATA"] == str((tmp_path / "data/train").resolve())
     assert env["DMNT_DATA"] == env["DMNT_TEST_DATA"] == str((tmp_path / "data/test").resolve())
     assert env["DMNT_BASELINE_RUN"] == str((tmp_path / "baseline").resolve()) and env["DMNT_RUNS"] == str(tmp_path.resolve())
-    (tmp_path / "baseline/run.json").unlink()  # an unfinished baseline: refused, naming the missing file
-    with pytest.raises(FileNotFoundError, match="baseline/run.json"):
+    (tmp_path / "manifest/baseline.json").unlink()  # an unfinished baseline (run.json is written first): refused
+    with pytest.raises(FileNotFoundError, match="manifest/baseline.json"):
         runs_env(tmp_path)
     assert main(["--runs", str(tmp_path), str(tmp_path / "none.ipynb")]) == 2

@@ -85,14 +85,15 @@ def _fig3(run_dir: Path, data, out: Path) -> list[Path]:
     return [out / "training_loss.png"]
 
 
-def fill_missing(records, run_dir: Path, images, device: str = "cpu") -> int:
-    """Re-run ``run_dir``'s predictor on the detected records that lack a pose or a mask (filling
-    them in place); returns how many were re-run."""
+def fill_missing(records, run_dir: Path, images, device: str = "cpu", eval_name: str | None = None) -> int:
+    """Re-run ``run_dir``'s predictor (with the options of its evaluation ``eval_name``, default the one
+    ``find_eval`` picks) on the detected records that lack a pose or a mask (filling them in place);
+    returns how many were re-run."""
     need = [r for r in {id(r): r for r in records}.values() if r.detected and (r.pose is None or r.amodal_mask is None)]
     if need:
         from .predict import predict_records
 
-        predict_records(need, run_dir, images, device)
+        predict_records(need, run_dir, images, device, eval_name=eval_name)
     return len(need)
 
 
@@ -136,7 +137,7 @@ def make_figures(run_dir, data, out, baseline_dir=None, eval_name=None, n_failur
         shown["DMNT"] += [a for a, _ in pairs]
         shown["MT Mask R-CNN"] = [b for _, b in pairs]
     for k, recs in shown.items():
-        n = fill_missing(recs, ev["runs"][k], images, device)
+        n = fill_missing(recs, ev["runs"][k], images, device, eval_name=eval_name)
         if n:
             log(f"figures: re-ran the {k} predictor on {n} images (predictions.jsonl has no pose/mask)")
 

@@ -12,24 +12,26 @@ import numpy as np
 __all__ = ["predict_records"]
 
 
-def _eval_options(run_dir: Path) -> dict:
-    """The options the run was evaluated with (``results.json``'s ``evaluation``), if recorded."""
+def _eval_options(run_dir: Path, eval_name: str | None = None) -> dict:
+    """The options the run was evaluated with (``results.json``'s ``evaluation`` of ``RUN/eval/<eval_name>``,
+    default ``find_eval``'s pick), if recorded."""
     from .cli import find_eval
 
     try:
-        res = json.loads((find_eval(run_dir) / "results.json").read_text())
+        res = json.loads((find_eval(run_dir, eval_name) / "results.json").read_text())
     except (FileNotFoundError, ValueError):
         return {}
     return res.get("evaluation", {}) if isinstance(res, dict) else {}
 
 
-def predict_records(records, run_dir, images, device: str = "cpu", batch_size: int = 4) -> None:
+def predict_records(records, run_dir, images, device: str = "cpu", batch_size: int = 4, eval_name=None) -> None:
     """Fill ``pose`` (under the ground-truth category's model, the pose the error measures) and
     ``amodal_mask`` of each ``Record`` in place from ``run_dir``'s predictor.
 
     Args:
         records: ``Record`` list (``id``, ``level`` name the test images). images: ``paper.TestImages``.
-        run_dir: the evaluated run; its predictor gets the evaluation's options (``center``, ``quick``).
+        run_dir: the evaluated run; its predictor gets the options (``center``, ``quick``) of the evaluation
+            ``eval_name`` (``RUN/eval/<eval_name>``; default ``find_eval``'s pick).
     """
     from ..data import PoseDataset
     from ..evaluate import PREDICTOR_INPUT_KEYS, load_predictor
@@ -37,7 +39,7 @@ def predict_records(records, run_dir, images, device: str = "cpu", batch_size: i
     records = list(records)
     if not records:
         return
-    opts = _eval_options(Path(run_dir))
+    opts = _eval_options(Path(run_dir), eval_name)
     predictor = load_predictor(run_dir, device, quick=bool(opts.get("quick", False)), **opts.get("predictor_args", {}))
     levels = sorted({r.level for r in records})
     ds = PoseDataset(images.source.root, None, levels)
