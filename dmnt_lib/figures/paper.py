@@ -165,7 +165,9 @@ def draw_panel(ax, record: Record, images: TestImages, meshes: dict | None = Non
 
 
 def _grid(plt, rows: int, cols: int, cell: float = 1.45):
-    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, cell * rows + 0.5), squeeze=False)
+    # 0.5 in per row for the (two-line) panel titles: images keep their aspect, so tight_layout alone
+    # let a row's titles run over the row above.
+    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, (cell + 0.5) * rows + 0.5), squeeze=False)
     return fig, axes
 
 
