@@ -51,8 +51,11 @@ class InferenceConfig:
             suppression by rotation, ``nms_deg`` apart: keeps the 180° flip as a second hypothesis).
 
     Refinement (Adam, NeMo's lr 0.05 and betas (0.4, 0.6), exponential decay to ``lr_final_ratio``):
-        steps: at most this many steps; ``patience``/``tol``: stop when no hypothesis improved its best
-            score by more than ``tol`` in ``patience`` steps. ``steps=0`` disables refinement.
+        steps: at most this many steps; ``patience``/``tol``: a hypothesis stops when it has not improved
+            its best score by more than ``tol`` in ``patience`` steps (each on its own; the loop ends when
+            all have stopped). ``steps=0`` disables refinement. ``search_patience`` replaces ``patience``
+            when the principal point is refined too (``center="search"``): the shift converges more slowly,
+            and measured on the oracle test (10 poses) 5 steps gave 7/10 within 5°, 10 steps 9/10.
         top_k: categories refined after the init (by init score); the others keep their init score.
         principal_lr: the learning rate of the principal-point shift, in feature pixels (the angles' lr
             in radians is too small a step for a shift).
@@ -81,6 +84,7 @@ class InferenceConfig:
     betas: tuple[float, float] = (0.4, 0.6)
     lr_final_ratio: float = 0.2
     patience: int = 5
+    search_patience: int = 10
     tol: float = 5e-4
     principal_lr: float = 0.5
     refine_principal: bool | None = None
@@ -136,6 +140,7 @@ class InferenceConfig:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         positive("lr_final_ratio")
         integer("patience", 1)
+        integer("search_patience", 1)
         positive("tol", allow_zero=True)
         positive("principal_lr")
         if self.refine_principal not in (None, True, False):
@@ -168,7 +173,7 @@ class InferenceConfig:
 def nemo_slow_config(**changes) -> InferenceConfig:
     """NeMo's schedule for the side-by-side benchmark: 300 steps, all categories refined, full texture,
     PyTorch3D rasterizer, no early stop."""
-    base = dict(steps=300, top_k=12, patience=10**9, init_texture_size=None, backend="pytorch3d")
+    base = dict(steps=300, top_k=12, patience=10**9, search_patience=10**9, init_texture_size=None, backend="pytorch3d")
     base.update(changes)
     return InferenceConfig(**base)
 

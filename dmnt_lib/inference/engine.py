@@ -220,7 +220,7 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
 
     # ---- choose hypotheses (by the fit score) and categories (by the class score at those hypotheses) ----
     refine_pp = config.refine_principal if config.refine_principal is not None else center == "search"
-    cfg = config.replace(refine_principal=refine_pp)
+    cfg = config.replace(refine_principal=refine_pp, patience=config.search_patience if refine_pp else config.patience)
     picks = {cat: [select_hypotheses(init[cat]["fit"][i], init[cat]["entries"][i].geodesic, config.hypotheses,
                                      math.radians(config.nms_deg)) for i in range(b)] for cat in cats}
     best_init = torch.tensor([[float(init[c]["cls"][i, picks[c][i]].max()) for c in cats] for i in range(b)])  # (B, C)
