@@ -132,7 +132,8 @@ def _stage_deformation(ctx: DemoContext) -> list[Path]:
 
 
 def _stage_training(ctx: DemoContext) -> list[Path]:
-    from .model.viz import demo as training_demo, ensure_dataset
+    from .data.cache import ensure_dataset
+    from .model.viz import demo as training_demo
 
     data_dir = ensure_dataset(ctx.cache_dir / "synthetic_demo", 1 if ctx.quick else 2, progress=False)
     return training_demo(ctx.figures_dir, data_dir, ctx.cache_dir, ctx.quick)
