@@ -235,7 +235,7 @@ def test_figures_need_records(test_images):
         test_images.sample("car_99999", 0)
 
 
-def _write_eval(run_dir, records, method):
+def _write_eval(run_dir, records, method, evaluation=None):
     """An ``evaluate``-style folder: predictions.jsonl (pose + RLE mask per image) and results.json."""
     d = run_dir / "eval" / "test"
     d.mkdir(parents=True)
@@ -251,7 +251,25 @@ def _write_eval(run_dir, records, method):
         levels[str(k)] = {"n": len(rs), "acc_pi6": float((err < 30).mean()), "acc_pi18": float((err < 10).mean()),
                           "median_deg": float(np.median(err)), "cls_acc": float(np.mean([r.correct_class for r in rs])),
                           "miou": float(np.mean([r.iou for r in rs])), "acc_pi6_pred_cls": 0.0, "n_undetected": 0}
-    (d / "results.json").write_text(json.dumps({"method": method, "config": {}, "levels": levels}))
+    (d / "results.json").write_text(json.dumps({"method": method, "config": {}, "levels": levels,
+                                                **({"evaluation": evaluation} if evaluation else {})}))
+
+
+def test_figures_refuse_evaluations_of_another_test_set(tmp_path):
+    from dmnt_lib.figures.cli import load_evaluations
+
+    data = tmp_path / "test"
+    ev = {"data": str(data), "levels": [0, 1], "per_category": 2}
+    _write_eval(tmp_path / "dmnt", [], "DMNT", ev)
+    _write_eval(tmp_path / "other_data", [], "MT Mask R-CNN", {**ev, "data": str(tmp_path / "elsewhere")})
+    _write_eval(tmp_path / "fewer", [], "MT Mask R-CNN", {**ev, "per_category": 1})
+    with pytest.raises(ValueError, match="MT Mask R-CNN's evaluation .* is of .*elsewhere, not --data"):
+        load_evaluations(tmp_path / "dmnt", data, tmp_path / "other_data")
+    with pytest.raises(ValueError, match="the evaluations differ: .*'per_category': 2.* vs .*'per_category': 1"):
+        load_evaluations(tmp_path / "dmnt", data, tmp_path / "fewer")
+    (tmp_path / "fewer" / "eval" / "test" / "results.json").write_text('{"levels": ')
+    with pytest.raises(ValueError, match="fewer/eval/test/results.json is not valid JSON"):
+        load_evaluations(tmp_path / "dmnt", data, tmp_path / "fewer")
 
 
 @pytest.mark.slow

@@ -205,6 +205,13 @@ def test_real_stage_graph_refuses_and_redoes_only_what_depends(tmp_path, monkeyp
     assert calls == ["train", "evaluate", "figures"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert [r["status"] for r in summary["stages"]] == ["skipped"] * 3 + ["ran", "skipped", "ran", "skipped", "ran"]
+    # Another figures folder (notebook 07 draws into RUN/figures, `make demo` into figures/) is drawn
+    # there, without a refusal and without touching the evaluations; back to the first is a redraw too.
+    calls.clear()
+    assert main(argv + ["--figures", str(tmp_path / "elsewhere")]) == 0
+    assert calls == ["figures"] and (tmp_path / "elsewhere" / "fig4_categories.png").is_file()
+    assert main(argv) == 0 and calls == ["figures", "figures"]
+    assert main(argv) == 0 and calls == ["figures", "figures"]  # complete again: nothing
 
 
 def test_resume_flag_after_an_interruption(tmp_path):
@@ -216,3 +223,57 @@ def test_resume_flag_after_an_interruption(tmp_path):
     (tmp_path / "run.json").unlink()
     (tmp_path / "checkpoint.pt").write_bytes(b"")
     assert real_stages._resume(tmp_path) == ["--resume"]
+
+
+def test_moved_stage_reruns_without_refusal_or_clearing(tmp_path):
+    calls = []
+
+    def stage(where):
+        def run():
+            calls.append(where)
+            (tmp_path / where).write_text(where)
+
+        return Stage("draw", {"out": where, "dpi": 100}, run, outputs=[tmp_path / where], clear=[tmp_path / where],
+                     movable=("out",))
+
+    Pipeline(tmp_path, [stage("x.png")], log=lambda s: None).run()
+    plan = Pipeline(tmp_path, [stage("y.png")], log=lambda s: None).plan()
+    assert [p.status for p in plan] == ["moved"] and 'out: "x.png" -> "y.png"' in plan[0].reason
+    Pipeline(tmp_path, [stage("y.png")], log=lambda s: None).run()  # no ConfigChanged
+    assert calls == ["x.png", "y.png"] and (tmp_path / "x.png").read_text() == "x.png"  # nothing cleared
+    other = stage("y.png")
+    other.config["dpi"] = 200  # a real change next to a move is still refused
+    assert [p.status for p in Pipeline(tmp_path, [other], log=lambda s: None).plan()] == ["changed"]
+
+
+@pytest.mark.parametrize("item, message", [
+    ("image_size=abc", "--set image_size: must be a positive integer, got 'abc'"),
+    ("evaluate.levels=2", "--set evaluate.levels: must be a non-empty list of occlusion levels"),
+    ("evaluate.levels=[0,5]", "--set evaluate.levels: must be a non-empty list of occlusion levels"),
+    ("train_data=5", "--set train_data: a section of fields (train_data.per_category"),
+    ("train.set=5", "--set train.set: must be a JSON object"),
+    ("train.epoch=10", "--set train.epoch: unknown preset field (known: train.quick, train.epochs"),
+    ("train_data.per_categroy=5", "--set train_data.per_categroy: unknown preset field"),
+    ("train.set.texture_sise=64", "--set train.set: ['texture_sise'] are not TrainConfig or ModelConfig fields"),
+    ("categories=[\"car\",\"ship\"]", "--set categories: must be a non-empty list of distinct categories"),
+    ("evaluate.center=middle", '--set evaluate.center: must be "known" or "search"'),
+    ("baseline.epochs=true", "--set baseline.epochs: must be a positive integer, got True"),
+])
+def test_bad_set_values_are_refused_naming_the_key(item, message, capsys):
+    from dmnt_lib.__main__ import main
+    from dmnt_lib.reproduce.cli import apply_overrides
+
+    with pytest.raises(ValueError) as info:
+        apply_overrides(real_stages.preset("tiny"), [item])
+    assert message in str(info.value)
+    assert main(["reproduce", "--preset", "tiny", "--dry-run", "--set", item]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_every_preset_passes_its_own_check():
+    from dmnt_lib.reproduce.cli import apply_overrides
+
+    for name in real_stages.PRESETS:
+        assert real_stages.check_preset(real_stages.preset(name)) == real_stages.PRESETS[name]
+    good = apply_overrides(real_stages.preset("tiny"), ["train.set.texture_size=32", "evaluate.levels=[0,3]"])
+    assert good["train"]["set"]["texture_size"] == 32 and good["evaluate"]["levels"] == [0, 3]

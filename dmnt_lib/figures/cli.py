@@ -65,16 +65,14 @@ def find_eval(run_dir: Path, name: str | None = None) -> Path:
 def _fig3(run_dir: Path, data, out: Path) -> list[Path]:
     """Fig. 3 (how the training loss is built) with the trained model, on the first L0 test image of
     its first category (car when it has one), by the model package's ``figure3``; nothing when the
-    run has no ``model.pt`` (e.g. a baseline-only comparison) or the package is absent."""
+    run has no ``model.pt`` (e.g. a baseline-only comparison)."""
     model_path = Path(run_dir) / "model.pt"
     if not model_path.is_file():
         return []
-    try:
-        from ..model import DMNT
-        from ..model.viz import figure3
-    except ModuleNotFoundError:
-        return []
     import matplotlib.pyplot as plt
+
+    from ..model import DMNT
+    from ..model.viz import figure3
 
     from ..data import PoseDataset
 
@@ -107,9 +105,27 @@ def load_evaluations(run_dir, data, baseline_dir=None, eval_name=None) -> dict:
     if baseline_dir is not None:
         runs["MT Mask R-CNN"] = Path(baseline_dir)
     evals = {k: find_eval(v, eval_name) for k, v in runs.items()}
+    results = {}
+    for k, d in evals.items():
+        try:
+            results[k] = json.loads((d / "results.json").read_text())
+        except ValueError as e:
+            raise ValueError(f"{d / 'results.json'} is not valid JSON ({e}); re-run that evaluation") from None
+    # The table compares the methods on one test set: each evaluation must be of ``data``, and (without
+    # an explicit eval_name, each run's newest one is used) of the same levels and images.
+    for k, r in results.items():
+        ev = r.get("evaluation", {})
+        if "data" in ev and Path(ev["data"]).resolve() != Path(data).resolve():
+            raise ValueError(f"{k}'s evaluation {evals[k]} is of {ev['data']}, not --data {data}; "
+                             f"evaluate it on {data} or pass --eval NAME")
+    if len(results) == 2:
+        (a, ra), (b, rb) = results.items()
+        pick = lambda r: {k: r.get("evaluation", {}).get(k) for k in ("levels", "per_category")}  # noqa: E731
+        if pick(ra) != pick(rb):
+            raise ValueError(f"the evaluations differ: {a} {evals[a].name} {pick(ra)} vs {b} {evals[b].name} {pick(rb)}; "
+                             "evaluate both the same way or pass --eval NAME")
     return {
-        "images": paper.TestImages(data), "runs": runs, "evals": evals,
-        "results": {k: json.loads((d / "results.json").read_text()) for k, d in evals.items()},
+        "images": paper.TestImages(data), "runs": runs, "evals": evals, "results": results,
         "records": {k: load_records(d / "predictions.jsonl") for k, d in evals.items()},
     }
 

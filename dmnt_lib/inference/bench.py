@@ -113,11 +113,9 @@ def run_schedule(samples, world, config: InferenceConfig, backbone_s: float, str
     return out
 
 
-def _backbone_seconds(image=128, repeats=3) -> float | None:
-    try:
-        from ..model import FeatureNet, ModelConfig
-    except ImportError:
-        return None
+def _backbone_seconds(image=128, repeats=3) -> float:
+    from ..model import FeatureNet, ModelConfig
+
     cfg = ModelConfig()
     net = FeatureNet(cfg.arch, cfg.dim, cfg.stride).eval()
     x = torch.rand(1, 3, image, image)

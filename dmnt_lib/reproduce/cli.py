@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..fileio import atomic_write_text
 from .pipeline import ConfigChanged, Pipeline, StageFailed
-from .stages import PRESETS, build_stages, preset
+from .stages import PRESETS, build_stages, check_preset, preset
 
 __all__ = ["add_parser", "run", "reproduce", "summary_markdown", "apply_overrides", "cached_run_dir"]
 
@@ -59,7 +59,8 @@ def summary_markdown(rows: list[dict], total: float, name: str) -> str:
 
 def apply_overrides(config: dict, items: list[str]) -> dict:
     """``config`` with each ``KEY=VALUE`` of ``items`` applied (dotted keys into nested dicts; the
-    value parsed as JSON, else kept as a string). Unknown top-level or section keys are refused."""
+    value parsed as JSON, else kept as a string). Unknown fields and values of the wrong type are
+    refused with a ``ValueError`` naming the key (``check_preset``)."""
     for item in items:
         if "=" not in item:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
@@ -77,7 +78,7 @@ def apply_overrides(config: dict, items: list[str]) -> dict:
         if not path and last not in node:
             raise ValueError(f"--set {key}: unknown preset field (have {sorted(node)})")
         node[last] = value
-    return config
+    return check_preset(config)
 
 
 def reproduce(name: str = "full", out=None, figures=None, redo: bool = False, device: str = "cpu",

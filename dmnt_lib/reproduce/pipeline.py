@@ -12,6 +12,8 @@ stage one status:
   JSON lines) continues where it stopped. Also when recorded outputs have gone missing.
 * ``stale`` — same config, but an upstream stage was recomputed since: its outputs are cleared
   and it is recomputed.
+* ``moved`` — only the stage's ``movable`` keys changed (where its outputs go, e.g. the figures
+  folder): it runs again, writing to the new place, without a refusal and without clearing.
 * ``changed`` — the stage's config differs from the one its outputs were made with. This is
   **refused** (``ConfigChanged``, naming each stage and the differing keys) unless ``redo=True``
   (``reproduce --redo``), which clears that stage's outputs and recomputes it; the stages after
@@ -69,6 +71,8 @@ class Stage:
         inputs: names of the stages whose outputs this one reads.
         clear: paths removed before a ``stale``/``changed`` stage is recomputed; must lie inside the
             pipeline's ``out`` folder (others are refused).
+        movable: top-level ``config`` keys that say only where the outputs go; a change confined to
+            them makes the stage ``moved`` (rerun there), not ``changed`` (refused).
     """
 
     name: str
@@ -77,12 +81,13 @@ class Stage:
     outputs: list = field(default_factory=list)
     inputs: list = field(default_factory=list)
     clear: list = field(default_factory=list)
+    movable: tuple = ()
 
 
 @dataclass
 class StagePlan:
     stage: Stage
-    status: str  # complete | run | stale | changed
+    status: str  # complete | run | moved | stale | changed
     reason: str
     hash: str
 
@@ -133,7 +138,10 @@ class Pipeline:
             if m is None:
                 status, reason = "run", "not finished" + (" (resuming)" if any(Path(p).exists() for p in s.outputs) else "")
             elif m.get("config_hash") != h:
-                status, reason = "changed", _diff(m.get("config", {}), s.config)
+                old = m.get("config", {})
+                fixed = lambda c: {k: v for k, v in c.items() if k not in s.movable}
+                moved = bool(s.movable) and isinstance(old, dict) and fixed(old) == fixed(s.config)
+                status, reason = ("moved" if moved else "changed"), _diff(old, s.config)
             elif any(u in rerun or m.get("inputs", {}).get(u) != tokens.get(u) for u in s.inputs):
                 ups = [u for u in s.inputs if u in rerun or m.get("inputs", {}).get(u) != tokens.get(u)]
                 status, reason = "stale", f"upstream {', '.join(ups)} recomputed"
