@@ -277,3 +277,13 @@ def test_every_preset_passes_its_own_check():
         assert real_stages.check_preset(real_stages.preset(name)) == real_stages.PRESETS[name]
     good = apply_overrides(real_stages.preset("tiny"), ["train.set.texture_size=32", "evaluate.levels=[0,3]"])
     assert good["train"]["set"]["texture_size"] == 32 and good["evaluate"]["levels"] == [0, 3]
+
+
+def test_device_reaches_every_stage_that_computes(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(real_stages, "cli_call", lambda argv: calls.append([str(a) for a in argv]))
+    for s in real_stages.build_stages(tmp_path, real_stages.preset("tiny"), device="cuda:1")[2:7]:
+        s.run()
+    assert [c[0] for c in calls] == ["deform", "train", "baseline", "evaluate", "evaluate"]
+    for argv in calls:
+        assert argv[argv.index("--device") + 1] == "cuda:1", argv

@@ -38,7 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog="presets: tiny (the test suite), quick (make demo), full (make reproduce); see dmnt_lib/reproduce/stages.py")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="the quick preset (what make demo runs)")
-    g.add_argument("--preset", choices=sorted(PRESETS), help="a named preset (default full, or quick with --quick)")
+    g.add_argument("--preset", choices=sorted(PRESETS), help="a named preset (default full; quick with --quick or when DMNT_QUICK=1)")
     p.add_argument("--out", type=Path, help="run folder (default runs/<preset>)")
     p.add_argument("--figures", type=Path, help="where the figures go (default OUT/figures)")
     p.add_argument("--redo", action="store_true", help="recompute stages whose config changed (default: refuse)")

@@ -242,7 +242,7 @@ def build_stages(out, config: dict, figures_dir=None, device: str = "cpu") -> li
         # size, so torchvision's batching pads nothing and GroupNorm has no batch statistics).
         argv = ["evaluate", "--run", run_dir, "--data", test_dir, "--levels", *e["levels"],
                 "--per-category", e["per_category"], "--center", e["center"], "--batch-size", 8,
-                *_flag("--quick", e.get("quick"))]
+                *_flag("--quick", e.get("quick")), "--device", device]
         ev_dir = run_dir / "eval" / ev_name
         stages.append(Stage(name, e, lambda argv=argv: cli_call(argv),
                             outputs=[ev_dir / "results.json", ev_dir / "predictions.jsonl"],
