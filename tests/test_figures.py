@@ -255,20 +255,34 @@ def _write_eval(run_dir, records, method, evaluation=None):
                                                 **({"evaluation": evaluation} if evaluation else {})}))
 
 
-def test_figures_refuse_evaluations_of_another_test_set(tmp_path):
+def test_figures_refuse_evaluations_of_another_test_set(tmp_path, monkeypatch):
+    import dmnt_lib.figures.paper as paper
     from dmnt_lib.figures.cli import load_evaluations
 
-    data = tmp_path / "test"
+    monkeypatch.setattr(paper, "TestImages", lambda data: data)  # no images needed to check the pairing
+    data, elsewhere = tmp_path / "test", tmp_path / "elsewhere"
+    data.mkdir(), elsewhere.mkdir()
     ev = {"data": str(data), "levels": [0, 1], "per_category": 2}
     _write_eval(tmp_path / "dmnt", [], "DMNT", ev)
-    _write_eval(tmp_path / "other_data", [], "MT Mask R-CNN", {**ev, "data": str(tmp_path / "elsewhere")})
+    _write_eval(tmp_path / "same", [], "MT Mask R-CNN", ev)
+    _write_eval(tmp_path / "other_data", [], "MT Mask R-CNN", {**ev, "data": str(elsewhere)})
     _write_eval(tmp_path / "fewer", [], "MT Mask R-CNN", {**ev, "per_category": 1})
+    _write_eval(tmp_path / "levels", [], "MT Mask R-CNN", {**ev, "levels": [0]})
+    _write_eval(tmp_path / "moved", [], "MT Mask R-CNN", {**ev, "data": str(tmp_path / "gone")})
+    monkeypatch.chdir(tmp_path)  # a relative --data names the same folder
+    assert set(load_evaluations(tmp_path / "dmnt", "test", tmp_path / "same")["results"]) == {"DMNT", "MT Mask R-CNN"}
+    assert load_evaluations(tmp_path / "dmnt", data, tmp_path / "moved")["images"] == data  # recorded folder gone
     with pytest.raises(ValueError, match="MT Mask R-CNN's evaluation .* is of .*elsewhere, not --data"):
         load_evaluations(tmp_path / "dmnt", data, tmp_path / "other_data")
     with pytest.raises(ValueError, match="the evaluations differ: .*'per_category': 2.* vs .*'per_category': 1"):
         load_evaluations(tmp_path / "dmnt", data, tmp_path / "fewer")
+    with pytest.raises(ValueError, match=r"the evaluations differ: .*'levels': \[0, 1\].* vs .*'levels': \[0\]"):
+        load_evaluations(tmp_path / "dmnt", data, tmp_path / "levels")
     (tmp_path / "fewer" / "eval" / "test" / "results.json").write_text('{"levels": ')
     with pytest.raises(ValueError, match="fewer/eval/test/results.json is not valid JSON"):
+        load_evaluations(tmp_path / "dmnt", data, tmp_path / "fewer")
+    (tmp_path / "fewer" / "eval" / "test" / "results.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="is not an evaluate results file"):
         load_evaluations(tmp_path / "dmnt", data, tmp_path / "fewer")
 
 

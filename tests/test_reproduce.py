@@ -128,7 +128,7 @@ def test_every_stage_command_line_is_accepted(name, tmp_path, monkeypatch):
     stages = real_stages.build_stages(tmp_path, real_stages.preset(name))
     assert [s.name for s in stages] == ["data-train", "data-test", "deform", "train", "baseline", "evaluate-dmnt",
                                         "evaluate-baseline", "figures"]
-    for s in stages[:5]:
+    for s in stages[:7]:
         s.run()
     parser = build_parser()
     registered = set(next(a for a in parser._actions if a.dest == "command").choices)
@@ -137,7 +137,7 @@ def test_every_stage_command_line_is_accepted(name, tmp_path, monkeypatch):
         if argv[0] in registered:
             parser.parse_args(argv)  # SystemExit(2) on an unknown or malformed option
             checked += 1
-    assert checked >= 3  # data (x2) and deform exist already
+    assert checked == 7  # data (x2), deform, train, baseline train, evaluate (x2)
 
 
 def _fake_commands(calls):
@@ -227,29 +227,43 @@ def test_resume_flag_after_an_interruption(tmp_path):
 
 def test_moved_stage_reruns_without_refusal_or_clearing(tmp_path):
     calls = []
+    keep = tmp_path / "keep.txt"  # what a clear would remove
 
-    def stage(where):
+    def stage(where, inputs=()):
         def run():
             calls.append(where)
             (tmp_path / where).write_text(where)
 
-        return Stage("draw", {"out": where, "dpi": 100}, run, outputs=[tmp_path / where], clear=[tmp_path / where],
-                     movable=("out",))
+        return Stage("draw", {"out": where, "dpi": 100}, run, outputs=[tmp_path / where], clear=[keep],
+                     inputs=list(inputs), movable=("out",))
 
-    Pipeline(tmp_path, [stage("x.png")], log=lambda s: None).run()
-    plan = Pipeline(tmp_path, [stage("y.png")], log=lambda s: None).plan()
+    log = lambda s: None  # noqa: E731
+    Pipeline(tmp_path, [stage("x.png")], log=log).run()
+    keep.write_text("keep")
+    plan = Pipeline(tmp_path, [stage("y.png")], log=log).plan()
     assert [p.status for p in plan] == ["moved"] and 'out: "x.png" -> "y.png"' in plan[0].reason
-    Pipeline(tmp_path, [stage("y.png")], log=lambda s: None).run()  # no ConfigChanged
-    assert calls == ["x.png", "y.png"] and (tmp_path / "x.png").read_text() == "x.png"  # nothing cleared
+    Pipeline(tmp_path, [stage("y.png")], log=log).run()  # no ConfigChanged
+    assert calls == ["x.png", "y.png"] and keep.read_text() == "keep"  # nothing cleared
     other = stage("y.png")
     other.config["dpi"] = 200  # a real change next to a move is still refused
-    assert [p.status for p in Pipeline(tmp_path, [other], log=lambda s: None).plan()] == ["changed"]
+    assert [p.status for p in Pipeline(tmp_path, [other], log=log).plan()] == ["changed"]
+    # Moved *and* an upstream recomputed: stale, so its old outputs are cleared as for any stale stage.
+    up = tmp_path / "up"
+    up.mkdir()
+    def write_src():
+        (up / "s").write_text("1")
+
+    src = Stage("src", {"v": 1}, write_src, outputs=[up / "s"])
+    Pipeline(up, [src, stage("x.png", ["src"])], log=log).run()
+    src.config["v"] = 2
+    assert [p.status for p in Pipeline(up, [src, stage("z.png", ["src"])], log=log).plan()] == ["changed", "stale"]
 
 
 @pytest.mark.parametrize("item, message", [
     ("image_size=abc", "--set image_size: must be a positive integer, got 'abc'"),
-    ("evaluate.levels=2", "--set evaluate.levels: must be a non-empty list of occlusion levels"),
-    ("evaluate.levels=[0,5]", "--set evaluate.levels: must be a non-empty list of occlusion levels"),
+    ("evaluate.levels=2", "--set evaluate.levels: must be a non-empty list of distinct occlusion levels"),
+    ("evaluate.levels=[0,5]", "--set evaluate.levels: must be a non-empty list of distinct occlusion levels"),
+    ("evaluate.levels=[0,0]", "--set evaluate.levels: must be a non-empty list of distinct occlusion levels"),
     ("train_data=5", "--set train_data: a section of fields (train_data.per_category"),
     ("train.set=5", "--set train.set: must be a JSON object"),
     ("train.epoch=10", "--set train.epoch: unknown preset field (known: train.quick, train.epochs"),
@@ -275,6 +289,10 @@ def test_every_preset_passes_its_own_check():
 
     for name in real_stages.PRESETS:
         assert real_stages.check_preset(real_stages.preset(name)) == real_stages.PRESETS[name]
+    partial = real_stages.preset("tiny")
+    del partial["baseline"]
+    with pytest.raises(ValueError, match="the preset config lacks baseline"):
+        real_stages.check_preset(partial)
     good = apply_overrides(real_stages.preset("tiny"), ["train.set.texture_size=32", "evaluate.levels=[0,3]"])
     assert good["train"]["set"]["texture_size"] == 32 and good["evaluate"]["levels"] == [0, 3]
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -111,16 +112,20 @@ def load_evaluations(run_dir, data, baseline_dir=None, eval_name=None) -> dict:
             results[k] = json.loads((d / "results.json").read_text())
         except ValueError as e:
             raise ValueError(f"{d / 'results.json'} is not valid JSON ({e}); re-run that evaluation") from None
+        if not isinstance(results[k], dict) or not isinstance(results[k].get("evaluation", {}), dict):
+            raise ValueError(f"{d / 'results.json'} is not an evaluate results file; re-run that evaluation")
     # The table compares the methods on one test set: each evaluation must be of ``data``, and (without
-    # an explicit eval_name, each run's newest one is used) of the same levels and images.
+    # an explicit eval_name, each run's newest one is used) of the same levels and images. A recorded
+    # folder that no longer exists (a run moved or copied from another machine) is not held against it.
     for k, r in results.items():
-        ev = r.get("evaluation", {})
-        if "data" in ev and Path(ev["data"]).resolve() != Path(data).resolve():
-            raise ValueError(f"{k}'s evaluation {evals[k]} is of {ev['data']}, not --data {data}; "
+        rec = r.get("evaluation", {}).get("data")
+        if rec is not None and Path(rec).exists() and Path(data).exists() and not os.path.samefile(rec, data):
+            raise ValueError(f"{k}'s evaluation {evals[k]} is of {rec}, not --data {data}; "
                              f"evaluate it on {data} or pass --eval NAME")
-    if len(results) == 2:
+    evs = [r.get("evaluation") for r in results.values()]
+    if len(evs) == 2 and all(evs):
         (a, ra), (b, rb) = results.items()
-        pick = lambda r: {k: r.get("evaluation", {}).get(k) for k in ("levels", "per_category")}  # noqa: E731
+        pick = lambda r: {k: r["evaluation"].get(k) for k in ("levels", "per_category")}  # noqa: E731
         if pick(ra) != pick(rb):
             raise ValueError(f"the evaluations differ: {a} {evals[a].name} {pick(ra)} vs {b} {evals[b].name} {pick(rb)}; "
                              "evaluate both the same way or pass --eval NAME")

@@ -43,7 +43,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--figures", type=Path, help="where the figures go (default OUT/figures)")
     p.add_argument("--redo", action="store_true", help="recompute stages whose config changed (default: refuse)")
     p.add_argument("--dry-run", action="store_true", help="print each stage's status and exit")
-    p.add_argument("--device", default="cpu", help="torch device for deform/train/baseline/figures (default cpu)")
+    p.add_argument("--device", default="cpu", help="torch device for deform/train/baseline/evaluate/figures (default cpu)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset field, dotted, the value as JSON (e.g. train.epochs=10, "
                    "train_data.per_category=500, categories='[\"car\"]'); part of the config hash")

@@ -135,15 +135,18 @@ class Pipeline:
         for s in self.stages:
             h = config_hash(s.config)
             m = self.manifest(s.name)
+            ups = [u for u in s.inputs if m is not None and (u in rerun or m.get("inputs", {}).get(u) != tokens.get(u))]
             if m is None:
                 status, reason = "run", "not finished" + (" (resuming)" if any(Path(p).exists() for p in s.outputs) else "")
             elif m.get("config_hash") != h:
                 old = m.get("config", {})
                 fixed = lambda c: {k: v for k, v in c.items() if k not in s.movable}
                 moved = bool(s.movable) and isinstance(old, dict) and fixed(old) == fixed(s.config)
-                status, reason = ("moved" if moved else "changed"), _diff(old, s.config)
-            elif any(u in rerun or m.get("inputs", {}).get(u) != tokens.get(u) for u in s.inputs):
-                ups = [u for u in s.inputs if u in rerun or m.get("inputs", {}).get(u) != tokens.get(u)]
+                if moved and ups:  # its old outputs are outdated too: clear them as for any stale stage
+                    status, reason = "stale", f"upstream {', '.join(ups)} recomputed; {_diff(old, s.config)}"
+                else:
+                    status, reason = ("moved" if moved else "changed"), _diff(old, s.config)
+            elif ups:
                 status, reason = "stale", f"upstream {', '.join(ups)} recomputed"
             else:
                 gone = [p for p in m.get("outputs", []) if not Path(p).exists()]

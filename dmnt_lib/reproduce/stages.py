@@ -49,9 +49,9 @@ PRESETS: dict[str, dict] = {
         # images per category (DMNT trains on 360 of them and holds 20 out for its correspondence check;
         # the baseline trains on all 380), 12 DMNT epochs
         # (~54 min), 5 baseline epochs (~35-39 min at the 10-11 images/s of real training), 20 test
-        # images per category and level (~14 min of DMNT evaluation). With 7 baseline epochs the
-        # whole run measured 2 h 4 min (7450 s); the same machine also runs ~8 % slower on some days,
-        # so the preset keeps that much margin.
+        # images per category and level (~14 min of DMNT evaluation): 1 h 53 min measured, a 6 %
+        # margin (this machine ran up to ~8 % slower on some days). With 7 baseline epochs the whole
+        # run measured 2 h 4 min (7450 s).
         # The training issue's prototype suggests >= 1000 images and 15-20 epochs for usable pose:
         # on a GPU raise train_data.per_category, train.epochs and baseline.epochs with --set.
         "train_data": {"per_category": 380, "seed": 0}, "test_data": {"per_category": 20, "seed": 1},
@@ -97,8 +97,8 @@ _FIELDS = {
     "train.set": (lambda v: isinstance(v, dict), 'a JSON object of train --set fields, e.g. {"texture_size": 64}'),
     "baseline.quick": (lambda v: isinstance(v, bool), "true or false"),
     "baseline.epochs": (_positive_int, "a positive integer"),
-    "evaluate.levels": (lambda v: isinstance(v, list) and bool(v) and all(_int(x) and 0 <= x <= 3 for x in v),
-                        "a non-empty list of occlusion levels 0-3, e.g. [0,1,2,3]"),
+    "evaluate.levels": (lambda v: isinstance(v, list) and bool(v) and all(_int(x) and 0 <= x <= 3 for x in v)
+                        and len(set(v)) == len(v), "a non-empty list of distinct occlusion levels 0-3, e.g. [0,1,2,3]"),
     "evaluate.per_category": (_positive_int, "a positive integer"),
     "evaluate.center": (lambda v: v in ("known", "search"), '"known" or "search"'),
     "evaluate.quick": (lambda v: isinstance(v, bool), "true or false"),
@@ -141,7 +141,7 @@ def check_preset(config: dict) -> dict:
         bad = sorted(set(flat["train.set"]) - names)
         if bad:
             raise ValueError(f"--set train.set: {bad} are not TrainConfig or ModelConfig fields ({sorted(names)})")
-    missing = [k for k in _REQUIRED if k not in flat]
+    missing = [k for k in _SECTIONS if k not in config] or [k for k in _REQUIRED if k not in flat]
     if missing:
         raise ValueError(f"the preset config lacks {', '.join(missing)}")
     return config
