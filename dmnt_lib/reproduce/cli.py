@@ -75,8 +75,6 @@ def apply_overrides(config: dict, items: list[str]) -> dict:
             if not isinstance(node.get(part), dict):
                 raise ValueError(f"--set {key}: {part!r} is not a section of the preset ({sorted(node)})")
             node = node[part]
-        if not path and last not in node:
-            raise ValueError(f"--set {key}: unknown preset field (have {sorted(node)})")
         node[last] = value
     return check_preset(config)
 

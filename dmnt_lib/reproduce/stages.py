@@ -78,8 +78,9 @@ def _int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-#: Every field a preset may have: ``(check, what it must be)``; ``None`` marks a section (a dict of
-#: fields below it). ``train.set`` is handed to ``train --set`` as is (that command checks its keys).
+#: Every field a preset may have (``section.field`` for the fields of a section): ``(check, what it
+#: must be)``. ``train.set`` is handed to ``train --set``; ``check_preset`` checks its keys are
+#: TrainConfig/ModelConfig fields, and the train command parses their values.
 _FIELDS = {
     "categories": (lambda v: isinstance(v, list) and bool(v) and all(c in CATEGORIES for c in v)
                    and len(set(v)) == len(v), f"a non-empty list of distinct categories from {list(CATEGORIES)}"),
