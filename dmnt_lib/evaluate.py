@@ -185,7 +185,7 @@ def image_record(item: dict, pred: dict) -> dict:
     Returns:
         ``{"key", "id", "level", "category", "pred_category", "detected", "pose_error_deg" (gt
         category's pose), "pose_error_pred_cls_deg", "pose_error_flip_deg" (azimuth + π forgiven),
-        "iou", "time_s", "occlusion_ratio", "gt_pose", "pred_pose", "amodal_mask" (``figures.records.encode_mask``
+        "iou", "time_s", "occlusion_ratio", "gt_pose", "pred_pose", "amodal_mask" (``rle.encode_mask``
         RLE, only when detected)}``; undetected: errors 180, IoU 0.
     """
     from .data import CATEGORIES
@@ -218,7 +218,7 @@ def image_record(item: dict, pred: dict) -> dict:
     rec.update(pred_category=category, pose_error_deg=err, pose_error_pred_cls_deg=_pose_error_deg(gt_pose, pose),
                pose_error_flip_deg=min(err, _pose_error_deg(gt_pose, flip)),
                iou=float((mask & gt_mask).sum() / union) if union else 1.0, pred_pose=list(pose_gt))
-    from .figures.records import encode_mask  # the figures draw it (run-length, ~1 kB per 128 px image)
+    from .rle import encode_mask  # the figures draw it (run-length, ~1 kB per 128 px image)
 
     rec["amodal_mask"] = encode_mask(mask)
     return rec

@@ -26,8 +26,9 @@ import sys
 from pathlib import Path
 
 from ..fileio import atomic_write_text
+from .records import find_eval
 
-__all__ = ["add_parser", "run", "make_figures", "find_eval", "load_evaluations", "fill_missing", "FIGURE_FILES"]
+__all__ = ["add_parser", "run", "make_figures", "load_evaluations", "fill_missing", "FIGURE_FILES"]
 
 FIGURE_FILES = ["fig4_categories.png", "fig5_occluded.png", "fig5_comparison.png", "fig6_failures.png",
                 "results.md", "results.png"]
@@ -47,20 +48,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="device for re-running a predictor when records lack poses/masks")
     p.set_defaults(func=run)
     return p
-
-
-def find_eval(run_dir: Path, name: str | None = None) -> Path:
-    """The ``run_dir/eval/<name>`` folder holding ``results.json`` and ``predictions.jsonl``."""
-    run_dir = Path(run_dir)
-    root = run_dir / "eval"
-    found = sorted((p.parent for p in root.glob("*/results.json")), key=lambda p: p.stat().st_mtime)
-    if name is not None:
-        if not (root / name / "results.json").is_file():
-            raise FileNotFoundError(f"{root / name}/results.json not found (have: {[p.name for p in found]})")
-        return root / name
-    if not found:
-        raise FileNotFoundError(f"no evaluation in {root} (run: python -m dmnt_lib evaluate --run {run_dir} --data ...)")
-    return found[-1]
 
 
 def _fig3(run_dir: Path, data, out: Path) -> list[Path]:

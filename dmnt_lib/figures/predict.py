@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .records import find_eval
+
 __all__ = ["predict_records"]
 
 
 def _eval_options(run_dir: Path, eval_name: str | None = None) -> dict:
     """The options the run was evaluated with (``results.json``'s ``evaluation`` of ``RUN/eval/<eval_name>``,
     default ``find_eval``'s pick), if recorded."""
-    from .cli import find_eval
-
     try:
         res = json.loads((find_eval(run_dir, eval_name) / "results.json").read_text())
     except (FileNotFoundError, ValueError):

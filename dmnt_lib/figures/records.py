@@ -1,4 +1,5 @@
-"""Per-image evaluation records as the figures read them, mask RLE, and the selection rules.
+"""Per-image evaluation records as the figures read them, where they are (``find_eval``), and the
+selection rules (the mask RLE they carry is ``dmnt_lib.rle``, re-exported here).
 
 ``evaluate`` writes one JSON object per test image to ``RUN/eval/<name>/predictions.jsonl``.
 ``normalize`` turns such an object into a ``Record``, accepting the field names below (the first
@@ -46,8 +47,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..rle import decode_mask, encode_mask
+
 __all__ = [
-    "Record", "normalize", "load_records", "encode_mask", "decode_mask",
+    "Record", "normalize", "load_records", "find_eval", "encode_mask", "decode_mask",
     "FAILURE_KINDS", "POSE_FAIL_DEG", "IOU_FAIL", "failure_kinds", "failure_cases", "select_failures",
     "pick_per_category",
 ]
@@ -149,6 +152,21 @@ def normalize(obj: dict) -> Record:
     )
 
 
+def find_eval(run_dir: str | os.PathLike, name: str | None = None) -> Path:
+    """The ``run_dir/eval/<name>`` folder holding ``results.json`` and ``predictions.jsonl``
+    (default: the only one, else the newest by ``results.json``'s modification time)."""
+    run_dir = Path(run_dir)
+    root = run_dir / "eval"
+    found = sorted((p.parent for p in root.glob("*/results.json")), key=lambda p: p.stat().st_mtime)
+    if name is not None:
+        if not (root / name / "results.json").is_file():
+            raise FileNotFoundError(f"{root / name}/results.json not found (have: {[p.name for p in found]})")
+        return root / name
+    if not found:
+        raise FileNotFoundError(f"no evaluation in {root} (run: python -m dmnt_lib evaluate --run {run_dir} --data ...)")
+    return found[-1]
+
+
 def load_records(path: str | os.PathLike) -> list[Record]:
     """Every record of a ``predictions.jsonl`` file (blank lines skipped; a later line for the same
     ``(id, level)`` replaces an earlier one, as a resumed evaluation may repeat an image)."""
@@ -170,37 +188,6 @@ def load_records(path: str | os.PathLike) -> list[Record]:
         rec = normalize(obj)
         out[rec.key] = rec
     return list(out.values())
-
-
-# --------------------------------------------------------------------------- masks
-
-
-def encode_mask(mask) -> dict:
-    """Run-length encode a ``(H, W)`` bool mask: ``{"size": [H, W], "counts": [...]}``, row-major
-    runs alternating False, True, ... starting with False (the first count may be 0)."""
-    m = np.asarray(mask)
-    if m.ndim != 2:
-        raise ValueError(f"mask must be (H, W), got shape {m.shape}")
-    flat = m.astype(bool).ravel()
-    change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": [int(c) for c in counts]}
-
-
-def decode_mask(rle: dict) -> np.ndarray:
-    """Inverse of ``encode_mask``: ``(H, W)`` bool."""
-    try:
-        h, w = (int(x) for x in rle["size"])
-        counts = np.asarray(rle["counts"], dtype=np.int64)
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"mask RLE must be {{'size': [H, W], 'counts': [...]}}, got {str(rle)[:80]}") from None
-    if (counts < 0).any() or counts.sum() != h * w:
-        raise ValueError(f"mask RLE counts must be non-negative and sum to H*W = {h * w}, got {counts.sum()}")
-    values = np.arange(len(counts)) % 2 == 1
-    return np.repeat(values, counts).reshape(h, w)
 
 
 # --------------------------------------------------------------------------- selection rules
