@@ -187,12 +187,6 @@ class DMNT(nn.Module):
         z = dm.mean_code() if cad_index is None else dm.latents[self.code_index(category, cad_index)]
         return dm.deformed(z.detach())
 
-    def infer(self, *args, **kwargs):
-        """Render-and-compare inference: ``dmnt_lib.inference.infer(self, *args, **kwargs)``."""
-        from .. import inference
-
-        return inference.infer(self, *args, **kwargs)
-
     # ----------------------------------------------------------------- files
     def _deform_meta(self) -> dict:
         out = {}
