@@ -1,4 +1,4 @@
-"""Benchmark the rasterization backends only (PyTorch3D vs Embree); see ``dmnt_lib.raster.bench``.
+"""Benchmark the rasterization backends only (PyTorch3D vs Embree); see ``dmnt_lib.bench_raster``.
 
 Usage: ``python benchmarks/bench_raster.py [--quick] [--raster-sizes S ...] [--raster-poses B ...] [--repeats N]``
 (``make bench`` prints this table after the transform table).

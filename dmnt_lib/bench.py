@@ -1,5 +1,5 @@
 """Benchmarks: the image->UV transform backends against ``F.grid_sample``, and the rasterization
-backends (PyTorch3D vs Embree, ``raster.bench``).
+backends (PyTorch3D vs Embree, ``bench_raster``).
 
 ``python -m dmnt_lib bench [--quick] [--only transform|raster] [--sizes 8x128x64x64x128 ...]
 [--raster-sizes 16 32 ...] [--raster-poses 1 64 ...] [--repeats N] [--device cpu|cuda|all]``
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
               "vs ref f+b: speed-up over the NumPy reference (1 round); n: timed rounds; "
               "api: the public image_to_uv (backend='auto', validate=True); api_noval: the same with validate=False.")
     if "raster" in tables:
-        from .raster import bench as raster_bench
+        from . import bench_raster as raster_bench
 
         rows = raster_bench.run(
             sizes=args.raster_sizes or (raster_bench.QUICK_SIZES if args.quick else raster_bench.DEFAULT_SIZES),

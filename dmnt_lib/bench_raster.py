@@ -15,6 +15,9 @@ Times are per pose (total / B), medians over rounds; rounds run interleaved and 
 ``repeats`` or when a case has used its time budget (at least one round each). PyTorch3D's naive
 CPU kernel costs the same per pose at any batch size (a loop over meshes), so for large ``B`` it
 is timed on the first ``max_p3d_poses`` poses only; the table says so (``p3d poses``).
+
+It lives at the top of the package, beside ``bench`` (which prints its table), not in ``raster/``:
+its forward+backward case goes through ``render``, which is built on ``raster``.
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ def _poses(b: int, seed: int = 0):
 def _cases(mesh, size: int, b: int, max_p3d: int, seed: int):
     from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
 
-    from ..camera import pose_to_cameras
-    from ..render import sample_texture, uv_fragment
-    from . import rasterize
+    from .camera import pose_to_cameras
+    from .raster import rasterize
+    from .render import sample_texture, uv_fragment
 
     focal = 2.2 * size
     pose = _poses(b, seed)
@@ -87,7 +90,7 @@ def _cases(mesh, size: int, b: int, max_p3d: int, seed: int):
 def run(sizes=DEFAULT_SIZES, poses=DEFAULT_POSES, repeats: int = 3, max_p3d_poses: int = MAX_P3D_POSES,
         seed: int = 0, budget_s: float = BUDGET_S, progress: bool = True) -> list[dict]:
     """Times every case; one dict per (size, poses) with ms per pose and the ratios."""
-    from ..mesh import cuboid_template
+    from .mesh import cuboid_template
 
     if repeats < 1 or max_p3d_poses < 1:
         raise ValueError(f"repeats and max_p3d_poses must be >= 1, got {repeats}, {max_p3d_poses}")
