@@ -1,4 +1,4 @@
-"""Command line: ``python -m dmnt_lib {demo,data,deform,evaluate,baseline,figures,reproduce,bench} ...`` (each has ``--help``)."""
+"""Command line: ``python -m dmnt_lib {demo,data,deform,train,evaluate,diagnose,baseline,figures,reproduce,bench} ...`` (each has ``--help``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ DEMO_STAGES = ["uv_fragment", "transform", "data", "deformation", "training"]
 
 # Subcommands that live in their own modules: each has add_parser(subparsers) and run(args).
 _SUBCOMMAND_MODULES = ["dmnt_lib.data.cli", "dmnt_lib.deform.cli", "dmnt_lib.model.cli", "dmnt_lib.evaluate",
-                       "dmnt_lib.baseline.cli", "dmnt_lib.figures.cli", "dmnt_lib.reproduce.cli"]
+                       "dmnt_lib.inference.diagnose", "dmnt_lib.baseline.cli", "dmnt_lib.figures.cli", "dmnt_lib.reproduce.cli"]
 
 
 def _default_cache() -> Path:

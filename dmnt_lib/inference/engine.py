@@ -37,7 +37,8 @@ class Prediction:
     Attributes:
         category, azimuth, elevation, theta, distance, principal: the best refined hypothesis.
         score: its score; ``scores``: category → score (refined for the refined categories, else the
-            init grid score); ``refined``: the categories that were refined.
+            init grid score); ``refined``: the categories that were refined; ``init_scores``: category →
+            its best grid score (``config.score`` at its grid hypotheses), what chose the refined categories.
         poses: category → ``{"azimuth", "elevation", "theta", "distance", "principal", "score" (config.score),
             "init_score", "objective" (config.fit_score), "refined"}`` for the best-fitting hypothesis of each
             category; refined ones add ``"scores"`` (both kinds, at the kept pose), ``"init_objective"`` (at the
@@ -60,6 +61,7 @@ class Prediction:
     time_s: float
     poses: dict = field(default_factory=dict)
     refined: tuple = ()
+    init_scores: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     trajectory: list | None = None
 
@@ -303,7 +305,8 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
         preds.append(Prediction(category=best, azimuth=pb["azimuth"], elevation=pb["elevation"], theta=pb["theta"],
                                 distance=pb["distance"], principal=pb["principal"], score=pb["score"], scores=scores,
                                 amodal_mask=amodal, visible_mask=visible, time_s=0.0, poses=poses,
-                                refined=tuple(refined), trajectory=traj))
+                                refined=tuple(refined), init_scores={c: float(best_init[i, j]) for j, c in enumerate(cats)},
+                                trajectory=traj))
     t_masks = time.perf_counter() - t0
     per = {"init": t_init / b, "refine": t_refine / b, "masks": t_masks / b}
     for p in preds:
