@@ -165,6 +165,41 @@ def test_top_k_all_equals_top_3(world, three):
         assert a.score == pytest.approx(b.score, abs=1e-6)
 
 
+def test_vote_classifies_and_chooses_the_refined_categories(world, three):
+    """``classify="vote"``: the pose-free vote names the category and ranks the categories for refinement."""
+    feats, principal, truth, poses = three
+    cats = list(SHAPES)
+    preds = run(world, feats, principal, cats, config=CFG.replace(classify="vote", top_k=2, vote_texture_size=None))
+    assert [p.category for p in preds] == truth
+    for p, q in zip(preds, poses):
+        ranked = sorted(p.votes, key=p.votes.get, reverse=True)
+        assert set(p.votes) == set(cats) and p.category == ranked[0] and set(p.refined) == set(ranked[:2])
+        assert pose_error_deg(p, q) < 10
+    with pytest.raises(ValueError, match="config.classify"):
+        InferenceConfig(classify="majority")
+    with pytest.raises(ValueError, match="config.background_centroids"):
+        InferenceConfig(background_centroids=0)
+
+
+def test_model_inputs_background_centroids():
+    """``background_centroids=K`` gives K unit k-means centroids of the bank (seeded: the same twice), None the mean."""
+    from types import SimpleNamespace
+
+    from dmnt_lib.inference.infer import model_background
+
+    g = torch.Generator().manual_seed(3)
+    centres = torch.nn.functional.normalize(torch.randn(4, D, generator=g), dim=1)
+    feats = torch.nn.functional.normalize(centres.repeat(50, 1) + 0.05 * torch.randn(200, D, generator=g), dim=1)
+    model = SimpleNamespace(bank=SimpleNamespace(features=feats, mean=lambda: feats.mean(0)))
+    one = model_background(model)
+    assert one.shape == (1, D) and torch.allclose(one[0], torch.nn.functional.normalize(feats.mean(0), dim=0))
+    four = model_background(model, 4)
+    assert four.shape == (4, D) and torch.allclose(four.norm(dim=1), torch.ones(4))
+    assert torch.equal(four, model_background(model, 4))
+    # each true centre has a centroid within a few degrees
+    assert ((centres @ four.t()).amax(1) > 0.99).all()
+
+
 def test_cached_init_equals_uncached(world, ten):
     from dmnt_lib.inference.grid import build_grid_fragments, grid_scores, known_offsets, pool_texture
     from dmnt_lib.inference.score import background_map

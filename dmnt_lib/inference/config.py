@@ -6,9 +6,10 @@ import math
 import numbers
 from dataclasses import asdict, dataclass, replace
 
-__all__ = ["InferenceConfig", "nemo_slow_config", "SCORES", "COMPARES", "CENTERS"]
+__all__ = ["InferenceConfig", "nemo_slow_config", "SCORES", "COMPARES", "CENTERS", "CLASSIFY"]
 
 SCORES = ("normalized", "nemo")
+CLASSIFY = ("score", "vote")
 COMPARES = ("image", "uv")
 CENTERS = ("known", "search")
 
@@ -31,6 +32,13 @@ class InferenceConfig:
             lets a smaller (farther) mask slide inside the object when the centre is free (``center=
             "search"``: 5/10 poses within 5° against 10/10 with ``"nemo"``), because it rewards purity
             and not coverage; the raw score rewards explaining every object pixel. Both are reported.
+        classify: what decides the category and which ``top_k`` categories are refined: ``"score"`` the
+            render-and-compare score ``score`` (refined categories ranked by their grid score), or ``"vote"``
+            the pose-free feature vote (``vote.py``: per category, the evidence its texture adds over the
+            background, summed over the map), which also ranks the categories for refinement.
+        vote_texture_size: the texture is average-pooled to this size for the vote (``None``: full).
+        background_centroids: the background model ``b = max_k <F, β_k>`` uses this many k-means centroids of
+            the model's background bank (``infer.model_background``); ``None``: the bank's mean (K = 1).
         compare: ``"image"`` (default) compares rendered texture and features per pixel; ``"uv"`` moves the
             features onto the texture with ``transform.image_to_uv`` and compares per texel.
 
@@ -68,6 +76,9 @@ class InferenceConfig:
 
     score: str = "normalized"
     fit_score: str = "nemo"
+    classify: str = "score"
+    vote_texture_size: int | None = 32
+    background_centroids: int | None = None
     compare: str = "image"
     azimuths: int = 12
     elevations: tuple[float, ...] = _deg(-10.0, 5.0, 20.0, 35.0)
@@ -117,6 +128,10 @@ class InferenceConfig:
         choice("score", SCORES)
         choice("fit_score", SCORES)
         choice("compare", COMPARES)
+        choice("classify", CLASSIFY)
+        for name in ("vote_texture_size", "background_centroids"):
+            if getattr(self, name) is not None:
+                integer(name, 1)
         integer("azimuths", 1)
         angles("elevations")
         angles("thetas")

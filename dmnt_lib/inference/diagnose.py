@@ -10,7 +10,8 @@ labels every failure by asking the score itself at the truth:
   CAD shape (the mean shape is what misleads it); else ``score`` (the features/score prefer the wrong
   pose). ``pose_kind`` says whether the error is a 180° azimuth flip, a 90° confusion or other.
 * **class** (wrong category): the same three labels, comparing the winner's class score
-  (``config.score``) with the ground-truth category's at its true pose (mean shape, then own shape).
+  (``config.score``) with the ground-truth category's at its true pose (mean shape, then own shape); they
+  speak of the render-and-compare score even when the vote decided (``classify="vote"``).
   ``rank_init``/``rank_final`` are the true category's rank after the grid and after refinement,
   ``margin`` its score minus the best other category's.
 * **segmentation ceiling**: amodal IoU of the mean-code silhouette at the ground-truth pose, of the
@@ -173,7 +174,7 @@ def diagnose_batch(features, textures: dict, meshes: dict, background, truths: l
     h, w = features.shape[-2:]
     with torch.no_grad():
         bgmap = background_map(features.float(), bg.float())
-        smaps = category_maps(features.float(), textures, config.init_texture_size)  # (B, C, h, w)
+        smaps = category_maps(features.float(), textures, config.vote_texture_size)  # (B, C, h, w)
         votes = vote_scores(smaps, bgmap)
     mean_mesh = {c: _mesh_parts(meshes[c], False)[0] for c in cats}
     out = []

@@ -2,10 +2,11 @@
 
 Pipeline per batch: (1) background map ``b``; (2) per category, the init grid's fragments (cached, see
 ``grid.py``), the centre (known, or searched as a 2D shift by correlation), grid scores without
-gradients; (3) the ``top_k`` categories by init score (plus any ``include``\\ d ones) get ``hypotheses``
-poses each (NMS over rotation), refined by Adam in one batch (``refine.py``); (4) category = argmax of
-the refined class scores (``config.score``; poses are fitted with ``config.fit_score``); (5) the fitted mesh rendered at image resolution gives the amodal mask and, with
-``o > b`` there, the visible mask.
+gradients; (3) the ``top_k`` categories by init score, or by the pose-free vote with ``config.classify="vote"``
+(plus any ``include``\\ d ones), get ``hypotheses`` poses each (NMS over rotation), refined by Adam in one
+batch (``refine.py``); (4) category = argmax of the refined class scores (``config.score``; poses are fitted
+with ``config.fit_score``), or the top vote; (5) the fitted mesh rendered at image resolution gives the
+amodal mask and, with ``o > b`` there, the visible mask.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .grid import (GRID_CACHE, GridCache, focal_key, grid_scores, known_offsets,
 from .raster import fragments
 from .refine import Hypotheses, _mesh_parts, refine
 from .score import background_map, combine, object_map, uv_terms
+from .vote import category_maps, vote_scores
 
 __all__ = ["Prediction", "render_and_compare", "validate_inputs"]
 
@@ -38,7 +40,10 @@ class Prediction:
         category, azimuth, elevation, theta, distance, principal: the best refined hypothesis.
         score: its score; ``scores``: category → score (refined for the refined categories, else the
             init grid score); ``refined``: the categories that were refined; ``init_scores``: category →
-            its best grid score (``config.score`` at its grid hypotheses), what chose the refined categories.
+            its best grid score (``config.score`` at its grid hypotheses); ``votes``: category → its pose-free
+            vote (``vote.py``) when ``config.classify == "vote"``, else empty. The refined categories are the
+            ``top_k`` by ``init_scores`` (``classify="score"``) or by ``votes`` (``"vote"``, which also decides the
+            category: the top vote).
         poses: category → ``{"azimuth", "elevation", "theta", "distance", "principal", "score" (config.score),
             "init_score", "objective" (config.fit_score), "refined"}`` for the best-fitting hypothesis of each
             category; refined ones add ``"scores"`` (both kinds, at the kept pose), ``"init_objective"`` (at the
@@ -62,6 +67,7 @@ class Prediction:
     poses: dict = field(default_factory=dict)
     refined: tuple = ()
     init_scores: dict = field(default_factory=dict)
+    votes: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     trajectory: list | None = None
 
@@ -226,10 +232,15 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
     picks = {cat: [select_hypotheses(init[cat]["fit"][i], init[cat]["entries"][i].geodesic, config.hypotheses,
                                      math.radians(config.nms_deg)) for i in range(b)] for cat in cats}
     best_init = torch.tensor([[float(init[c]["cls"][i, picks[c][i]].max()) for c in cats] for i in range(b)])  # (B, C)
+    votes = None
+    if config.classify == "vote":
+        with torch.no_grad():
+            votes = vote_scores(category_maps(features, textures, config.vote_texture_size), bgmap)  # (B, C)
+    rank = best_init if votes is None else votes
     chosen, topk = [], []  # refined categories; the top-k among them (only these compete for the class)
     hyps: dict[str, dict[str, list]] = {}
     for i in range(b):
-        order = torch.argsort(best_init[i], descending=True).tolist()
+        order = torch.argsort(rank[i], descending=True).tolist()
         sel = [cats[j] for j in order[: config.top_k]]
         topk.append(list(sel))
         inc = [] if include is None or include[i] is None else [include[i]] if isinstance(include[i], str) else list(include[i])
@@ -291,7 +302,8 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
                               "refined": False, "code": None}
             scores[cat] = poses[cat]["score"]
         refined = [c for c in cats if c in chosen[i]]
-        best = max(topk[i], key=lambda c: scores[c])  # `include`d categories never enter the classification
+        # `include`d categories never enter the classification
+        best = topk[i][0] if votes is not None else max(topk[i], key=lambda c: scores[c])
         amodal, visible = _masks(features[i], bg, textures[best], meshes[best], poses[best], float(focal_px[i]),
                                  (H, W), stride, config)
         traj = None
@@ -306,6 +318,7 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
                                 distance=pb["distance"], principal=pb["principal"], score=pb["score"], scores=scores,
                                 amodal_mask=amodal, visible_mask=visible, time_s=0.0, poses=poses,
                                 refined=tuple(refined), init_scores={c: float(best_init[i, j]) for j, c in enumerate(cats)},
+                                votes={c: float(votes[i, j]) for j, c in enumerate(cats)} if votes is not None else {},
                                 trajectory=traj))
     t_masks = time.perf_counter() - t0
     per = {"init": t_init / b, "refine": t_refine / b, "masks": t_masks / b}

@@ -56,7 +56,7 @@ def model_inputs(model, config: InferenceConfig, categories=None):
             meshes[c] = dm if next(dm.parameters()).device.type == "cpu" else copy.deepcopy(dm).cpu()
     else:
         meshes = {c: model.mesh(c).to("cpu") for c in cats}
-    return textures, meshes, model_background(model).cpu()
+    return textures, meshes, model_background(model, config.background_centroids).cpu()
 
 
 def infer(model, images: torch.Tensor, focal, principal=None, center: str = "known", config: InferenceConfig | None = None,
