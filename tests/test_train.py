@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from dmnt_lib.model import DMNT, ModelConfig
-from dmnt_lib.model.train import FragmentCache, TrainConfig, evaluate_correspondence, final_line, split_indices, train
+from dmnt_lib.model.dmnt import load_deformables
+from dmnt_lib.model.train import (FragmentCache, TrainConfig, augment_image, augmentation, clutter_loss,
+                                  evaluate_correspondence, final_line, split_indices, train)
 
 ROOT = Path(__file__).resolve().parent.parent
 CATS = ("car", "chair")
@@ -188,3 +190,88 @@ def test_bench_train_prints_the_time_split(tiny, capsys):
     assert set(rows) == {"fragments computed", "fragments cached"}
     for vals in rows.values():
         assert len(vals) == 2 + len(PHASES) and all(float(v) >= 0 for v in vals)
+
+
+# ---------------------------------------------------------------------------- augmentations and the clutter term
+def test_mirrored_sample_renders_onto_its_mirrored_mask(tiny):
+    """A flipped item's fragment (the mesh at the mirrored pose, principal point mirrored) covers the mirror image
+    of the item's own fragment: the procedural CAD models are left-right symmetric."""
+    from dmnt_lib.data import PoseDataset
+
+    data, deform = tiny
+    ds = PoseDataset(data, None, (0,))
+    model = DMNT(list(CATS), *load_deformables(deform, list(CATS)),
+                 ModelConfig(**TINY_MODEL))
+    frags = FragmentCache()
+    for i in range(0, len(ds), 5):
+        item = ds[i]
+        uv, mask, _ = frags.get(model, item, i)
+        uv_f, mask_f, _ = frags.get(model, item, i, flip=True)
+        inter, union = int((mask_f & mask.flip(-1)).sum()), int((mask_f | mask.flip(-1)).sum())
+        assert union and inter / union > 0.9, (i, inter / union)
+        assert frags.get(model, item, i, flip=True)[1] is mask_f  # cached per (index, flip)
+
+
+def test_augmentation_is_seeded_and_bounded():
+    cfg = TrainConfig(flip=0.5, color_jitter=0.2)
+    draws = [augmentation(cfg, (0, s, k))
+             for s in range(20) for k in range(4)]
+    again = [augmentation(cfg, (0, s, k)) for s in range(20) for k in range(4)]
+    assert draws == again
+    assert 0.3 < sum(d[0] for d in draws) / len(draws) < 0.7
+    assert all(0.8 <= d[1] <= 1.2 and 0.8 <= d[2] <= 1.2 for d in draws)
+    img = torch.rand(3, 8, 8)
+    assert torch.equal(augment_image(img, True, 1.0, 1.0), img.flip(-1))
+    assert torch.equal(augment_image(img, False, 1.0, 1.0), img)
+    off = TrainConfig()
+    assert all(not augmentation(off, (0, s, 0))[0] for s in range(10))
+
+
+def test_com_radius_scales_with_the_atlas():
+    cfg = TrainConfig(com_min_distance=20.0, com_reference_size=128)
+    assert cfg.com_radius(128) == 20.0 and cfg.com_radius(64) == 10.0 and cfg.com_radius(32) == 5.0
+    assert cfg.counts_for(64).com_min_distance == 10.0 and cfg.counts.com_min_distance == 20.0
+    assert TrainConfig(com_min_distance=20.0).com_radius(64) == 20.0  # None: texels as given
+    with pytest.raises(ValueError, match="com_reference_size"):
+        TrainConfig(com_reference_size=0)
+    with pytest.raises(ValueError, match="flip"):
+        TrainConfig(flip=1.5)
+    with pytest.raises(ValueError, match="w_clutter"):
+        TrainConfig(w_clutter=-0.1)
+
+
+def test_clutter_term_reaches_only_clutter_pixels():
+    """The regulariser's gradient is non-zero exactly on the sampled off-object pixels, equals the mean seen
+    texel there (up to the 1/n of the mean), and lowering the loss moves those features away from the texels."""
+    g = torch.Generator().manual_seed(0)
+    C, D, S, h, w = 2, 8, 4, 6, 6
+    texels = torch.nn.functional.normalize(torch.randn(C, D, S, S, generator=g), dim=1)
+    seen = torch.zeros(C, S, S, dtype=torch.bool)
+    seen[0, :2] = True
+    seen[1, 3, 3] = True
+    feats = torch.nn.functional.normalize(torch.randn(1, D, h, w, generator=g), dim=1).requires_grad_(True)
+    background = torch.zeros(1, h, w, dtype=torch.bool)
+    background[0, :, :2] = True  # 12 clutter pixels
+    cfg = TrainConfig(clutter_pixels=100)
+    loss = clutter_loss(feats, background, texels, seen, cfg, [(0, (0, 0, 0))])
+    loss.backward()
+    grad = feats.grad[0]
+    assert (grad[:, ~background[0]] == 0).all() and (grad[:, background[0]].norm(dim=0) > 0).all()
+    centre = texels.permute(1, 0, 2, 3)[:, seen].mean(1)
+    torch.testing.assert_close(grad[:, background[0]], centre[:, None].expand(D, 12) / 12)
+    with torch.no_grad():
+        moved = feats - 0.5 * feats.grad
+    assert clutter_loss(moved, background, texels, seen, cfg, [(0, (0, 0, 0))]) < loss
+    # at most clutter_pixels pixels are sampled
+    feats.grad = None
+    clutter_loss(feats, background, texels, seen, TrainConfig(clutter_pixels=5), [(0, (0, 0, 0))]).backward()
+    assert int((feats.grad[0].norm(dim=0) > 0).sum()) == 5
+
+
+@pytest.mark.slow
+def test_tiny_run_with_every_option_trains(tiny, tmp_path):
+    """Flip, jitter, the clutter term and the scaled radius together: the run trains and lowers its loss."""
+    res = _run(tiny, tmp_path / "run", epochs=4, flip=0.5, color_jitter=0.2, w_clutter=0.1, com_reference_size=128,
+               com_min_distance=8.0)
+    losses = [r["loss"] for r in res["history"]]
+    assert all(map(lambda x: x == x, losses)) and sum(losses[-4:]) < sum(losses[:4])

@@ -9,6 +9,10 @@ cuboid-like mesh overshoots thin objects); ``F̂, V = image_to_uv(F, uv, mask_me
 (from the detached ``F̂``) and the background-bank push (``bank_push`` random feature pixels per
 image with no object pixel in their block and off the mesh).
 
+Options beyond the appendix (``TrainConfig``; measured in docs/experiments.md): mirrored and
+colour-jittered images (``flip``, ``color_jitter``, as the baseline's augmentations), NeMo's clutter
+regulariser (``w_clutter``) and a Com radius that scales with the atlas (``com_reference_size``).
+
 The batch loss is the mean over images of each image's mean over its positives (an image
 with no visible texel adds 0): every image weighs the same whatever its size, and under DDP,
 whose gradient averaging is a mean over ranks, ``N`` ranks of ``B/N`` images give exactly the
@@ -43,7 +47,8 @@ from ..fileio import atomic_write_text
 from .dmnt import DMNT, ModelConfig, load_deformables
 from .loss import SampleCounts, contrastive_loss, sample_groups
 
-__all__ = ["TrainConfig", "train", "train_step", "evaluate_correspondence", "split_indices", "FragmentCache", "final_line"]
+__all__ = ["TrainConfig", "train", "train_step", "evaluate_correspondence", "split_indices", "FragmentCache", "final_line",
+           "augmentation", "augment_image", "clutter_loss"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,18 @@ class TrainConfig:
         per_category: at most this many training images per category (default all).
         val_per_category: images per category held out for the correspondence evaluation.
         positives, com, com_min_distance, class_negatives, bg: ``SampleCounts`` (appendix A.3).
+        com_reference_size: ``com_min_distance`` is in texels of an atlas of this size and scaled to the model's
+            ``texture_size`` (the paper's 20 texels are for S = 128: at S = 64 they would mask most of a side and
+            the opposite side next to it, the very negatives that teach front from back); ``None``: texels as given.
+        w_clutter, clutter_pixels: NeMo's clutter regulariser (weight, pixels per image): up to ``clutter_pixels``
+            off-object feature pixels of each image (with gradient) are pushed away from the object texels,
+            ``w_clutter · mean_p <F(p), mean_{c,t seen} θ_c[t]>`` (= the mean similarity with every seen texel,
+            NeMo's ``loss_reg``); 0 disables it. Without it the bank's features enter the loss only as
+            detached negatives and clutter pixels are free to land near some category's texels.
+        flip: probability of mirroring a training image: image and mask flipped, the UV fragment rendered at the
+            mirrored pose ``(-azimuth, elevation, -theta)`` with the principal point mirrored (the view of the
+            mirrored object; exact for left-right symmetric objects, as the baseline's ``hflip``).
+        color_jitter: brightness and contrast factors uniform in ``[1 - j, 1 + j]`` (the baseline's).
         bank_push: background features each image pushes into the bank.
         temperature, w_ml, w_com, w_class, w_bg: the loss's ``T`` and group weights.
         object_threshold: fraction of a feature pixel's ``s x s`` block on the object mask for it to count.
@@ -72,6 +89,7 @@ class TrainConfig:
     positives: int = 1000
     com: int = 1000
     com_min_distance: float = 20.0
+    com_reference_size: int | None = None
     class_negatives: int = 200
     bg: int = 2000
     bank_push: int = 64
@@ -80,6 +98,10 @@ class TrainConfig:
     w_com: float = 1.0
     w_class: float = 1.0
     w_bg: float = 0.1
+    w_clutter: float = 0.0
+    clutter_pixels: int = 64
+    flip: float = 0.0
+    color_jitter: float = 0.0
     object_threshold: float = 0.4
     backend: str = "auto"
     eval_texels: int = 500
@@ -87,7 +109,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "val_per_category", "bank_push", "eval_texels", "seed"):
+        for name in ("epochs", "batch_size", "val_per_category", "bank_push", "eval_texels", "seed", "clutter_pixels"):
             v = getattr(self, name)
             low = 1 if name in ("batch_size", "eval_texels") else 0
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -99,6 +121,13 @@ class TrainConfig:
         for name in ("lr", "temperature", "eval_radius"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.com_reference_size is not None and (isinstance(self.com_reference_size, bool) or not isinstance(self.com_reference_size, int)
+                                                    or self.com_reference_size < 1):
+            raise ValueError(f"com_reference_size must be a positive int or None, got {self.com_reference_size!r}")
+        for name, hi in (("w_clutter", float("inf")), ("flip", 1.0), ("color_jitter", 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= hi:
+                raise ValueError(f"{name} must be a number in [0, {hi:g}], got {v!r}")
         if not 0 <= self.object_threshold <= 1:
             raise ValueError(f"object_threshold must be in [0, 1], got {self.object_threshold!r}")
         self.counts  # validates the counts
@@ -106,7 +135,18 @@ class TrainConfig:
 
     @property
     def counts(self) -> SampleCounts:
+        """The sample counts with ``com_min_distance`` as given (see ``counts_for`` for the scaled radius)."""
         return SampleCounts(self.positives, self.com, self.com_min_distance, self.class_negatives, self.bg)
+
+    def com_radius(self, texture_size: int) -> float:
+        """The Com exclusion radius in texels of a ``texture_size`` atlas (``com_reference_size``)."""
+        if self.com_reference_size is None:
+            return float(self.com_min_distance)
+        return float(self.com_min_distance) * texture_size / self.com_reference_size
+
+    def counts_for(self, texture_size: int) -> SampleCounts:
+        """``counts`` with the Com radius scaled to ``texture_size`` (``com_radius``)."""
+        return dataclasses.replace(self.counts, com_min_distance=self.com_radius(texture_size))
 
     @property
     def weights(self) -> dict:
@@ -197,23 +237,30 @@ class FragmentCache:
         self._cache = {} if cache else None
         self._meshes = {}
 
-    def get(self, model: DMNT, item: dict, index: int | None = None):
-        if self._cache is not None and index is not None and index in self._cache:
-            return self._cache[index]
+    def get(self, model: DMNT, item: dict, index: int | None = None, flip: bool = False):
+        """The item's fragment, or with ``flip`` the fragment of its mirror image: the mesh at the mirrored pose
+        ``(-azimuth, elevation, -theta)`` with the principal point mirrored, ``x -> W - x`` (image pixels)."""
+        ckey = (index, bool(flip))
+        if self._cache is not None and index is not None and ckey in self._cache:
+            return self._cache[ckey]
         from ..camera import pose_to_cameras
 
         s = model.stride
-        h, w = (int(x) // s for x in item["image"].shape[-2:])
+        H, W = (int(x) for x in item["image"].shape[-2:])
+        h, w = H // s, W // s
         key = (item["category"], int(item["cad_index"]))
         if key not in self._meshes:
             self._meshes[key] = model.mesh(*key).to("cpu")
-        cams = pose_to_cameras(item["azimuth"].reshape(1), item["elevation"].reshape(1), item["theta"].reshape(1),
-                               item["distance"].reshape(1), (h, w), focal=item["focal"].reshape(1) / s,
-                               principal=item["principal"].reshape(1, 2) / s)
+        sign = -1.0 if flip else 1.0
+        principal = item["principal"].reshape(1, 2).clone().float()
+        if flip:
+            principal[:, 0] = W - principal[:, 0]
+        cams = pose_to_cameras(sign * item["azimuth"].reshape(1), item["elevation"].reshape(1), sign * item["theta"].reshape(1),
+                               item["distance"].reshape(1), (h, w), focal=item["focal"].reshape(1) / s, principal=principal / s)
         frag = self._uv_fragment(self._meshes[key], cams, (h, w), backend="auto")
         out = (frag.uv[0].float(), frag.mask[0], frag.chart[0])
         if self._cache is not None and index is not None:
-            self._cache[index] = out
+            self._cache[ckey] = out
         return out
 
 
@@ -235,14 +282,35 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(h)
 
 
-def _batch_inputs(model, items, indices, frags: FragmentCache, config: TrainConfig, device):
-    images = torch.stack([it["image"] for it in items]).to(device)
+def augmentation(config: TrainConfig, key) -> tuple[bool, float, float]:
+    """``(flip, brightness, contrast)`` of one training image, drawn from its key ``(epoch, step, k)``."""
+    g = _generator(config.seed, *key, 2)
+    u = torch.rand(3, generator=g).tolist()
+    j = config.color_jitter
+    return u[0] < config.flip, 1 + j * (2 * u[1] - 1), 1 + j * (2 * u[2] - 1)
+
+
+def augment_image(image: torch.Tensor, flip: bool, brightness: float, contrast: float) -> torch.Tensor:
+    """``(3, H, W)`` image mirrored and jittered as the baseline does (contrast about the mean, then brightness)."""
+    if flip:
+        image = image.flip(-1)
+    if brightness != 1 or contrast != 1:
+        mean = image.mean()
+        image = ((image - mean) * contrast + mean * brightness).clamp(0, 1)
+    return image
+
+
+def _batch_inputs(model, items, indices, frags: FragmentCache, config: TrainConfig, device, augments=None):
+    """Tensors of a batch; ``augments`` (per item ``augmentation(...)``, or None) mirror and jitter it."""
+    augments = augments or [(False, 1.0, 1.0)] * len(items)
+    images = torch.stack([augment_image(it["image"], *a) for it, a in zip(items, augments)]).to(device)
     labels = torch.tensor([model.label(it["category"]) for it in items], device=device)
-    fr = [frags.get(model, it, i) for it, i in zip(items, indices)]
+    fr = [frags.get(model, it, i, flip=a[0]) for it, i, a in zip(items, indices, augments)]
     uv = torch.stack([f[0] for f in fr]).to(device)
     mesh_mask = torch.stack([f[1] for f in fr]).to(device)
     charts = torch.stack([f[2] for f in fr]).to(device)
-    frac = _object_pixels(torch.stack([it["mask"] for it in items]).to(device), model.stride)
+    masks = torch.stack([it["mask"].flip(-1) if a[0] else it["mask"] for it, a in zip(items, augments)])
+    frac = _object_pixels(masks.to(device), model.stride)
     on_object = mesh_mask & (frac >= config.object_threshold)
     background = (frac == 0) & ~mesh_mask
     return images, labels, uv, on_object, background, charts
@@ -272,7 +340,9 @@ def train_step(model: DMNT, net, optimizer, items: list, keys: list, frags: Frag
         return t
 
     t = time.perf_counter()
-    images, labels, uv, on_object, background, charts = _batch_inputs(model, items, [k[0] for k in keys], frags, config, device)
+    augments = [augmentation(config, key) for _, key in keys] if (config.flip or config.color_jitter) else None
+    images, labels, uv, on_object, background, charts = _batch_inputs(model, items, [k[0] for k in keys], frags, config,
+                                                                       device, augments)
     t = tick("fragments", t)
     model.train()
     feats = net(images)  # (B, D, h, w)
@@ -282,13 +352,16 @@ def train_step(model: DMNT, net, optimizer, items: list, keys: list, frags: Frag
     t = tick("transform", t)
     texels, seen = model.textures.texels, model.textures.seen > 0
     bank = model.bank.memory
+    counts = config.counts_for(S)
     total = feats.new_zeros(())
     for b, (_, (epoch, step, k)) in enumerate(keys):
         g = _generator(config.seed, epoch, step, k)
-        groups = sample_groups(surface[b], visible[b], int(labels[b]), texels, seen, bank, config.counts, g)
+        groups = sample_groups(surface[b], visible[b], int(labels[b]), texels, seen, bank, counts, g)
         if groups is not None:
             f, pos, negatives = groups[:3]
             total = total + contrastive_loss(f, pos, negatives, config.weights, config.temperature)
+    if config.w_clutter > 0:
+        total = total + config.w_clutter * clutter_loss(feats, background, texels, seen, config, keys)
     loss = total / len(items)
     t = tick("loss", t)
     optimizer.zero_grad(set_to_none=True)
@@ -307,6 +380,26 @@ def train_step(model: DMNT, net, optimizer, items: list, keys: list, frags: Frag
         model.bank.push(x, gather=dist.gather_fn)
     tick("updates", t)
     return float(total.detach())
+
+
+def clutter_loss(feats: torch.Tensor, background: torch.Tensor, texels: torch.Tensor, seen: torch.Tensor,
+                 config: TrainConfig, keys) -> torch.Tensor:
+    """NeMo's clutter regulariser summed over the batch (``TrainConfig.w_clutter`` multiplies it): per image,
+    the mean similarity of up to ``clutter_pixels`` off-object feature pixels ``(B, D, h, w)``/``background
+    (B, h, w)`` with the mean seen texel of all categories (``texels (C, D, S, S)``, ``seen (C, S, S)``; no
+    gradient), i.e. their mean similarity with every seen texel. Gradients reach the clutter pixels only."""
+    with torch.no_grad():
+        pool = texels.permute(1, 0, 2, 3)[:, seen] if seen.any() else texels.flatten(2).permute(1, 0, 2).flatten(1)
+        centre = pool.mean(1)  # (D,)
+    out = feats.new_zeros(())
+    for b, (_, (epoch, step, k)) in enumerate(keys):
+        cand = background[b].nonzero()
+        if not len(cand):
+            continue
+        pick = cand[torch.randperm(len(cand), generator=_generator(config.seed, epoch, step, k, 3))[: config.clutter_pixels].to(cand.device)]
+        f = feats[b, :, pick[:, 0], pick[:, 1]].T  # (n, D)
+        out = out + (f @ centre.to(f.dtype)).mean()
+    return out
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -408,7 +501,9 @@ def _check_cad_models(data_dir: Path, categories, names: dict) -> None:
 
 # ---------------------------------------------------------------------------- the loop
 def _check_resume(saved: dict, config: TrainConfig, model_config: ModelConfig, model: DMNT, path: Path) -> None:
-    a = {k: v for k, v in saved["train_config"].items() if k != "epochs"}
+    # options added since a checkpoint was written count as their defaults
+    a = {**TrainConfig().to_dict(), **saved["train_config"]}
+    a = {k: v for k, v in a.items() if k != "epochs"}
     b = {k: v for k, v in config.to_dict().items() if k != "epochs"}
     if a != b:
         diff = {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}

@@ -145,7 +145,7 @@ def figure3(model: DMNT, item: dict, path=None, config: TrainConfig = TrainConfi
     lab = s["label"]
     cat = model.categories[lab]
     texels, seen = model.textures.texels, model.textures.seen > 0
-    groups = sample_groups(s["surface"], s["visible"], lab, texels, seen, model.bank.memory, config.counts, _generator(seed, 11))
+    groups = sample_groups(s["surface"], s["visible"], lab, texels, seen, model.bank.memory, config.counts_for(model.texture_size), _generator(seed, 11))
     if groups is None:
         raise ValueError("figure3: the item has no visible on-object texel")
     f, pos, neg, t = groups[:4]
