@@ -23,7 +23,7 @@ field               meaning                                                 also
                     optional, for drawing
 ==================  ======================================================  ====================
 
-Failure-case rule (Fig. 6, ``select_failures``), documented in docs/readme/figures.md:
+Failure-case rule (Fig. 6, ``select_failures``), documented in docs/reproduction.md:
 
 * **class**: predicted category != ground truth, or nothing detected; ranked by occlusion level
   (lowest first: a wrong class on a visible object is the least excusable), then by pose error
