@@ -5,7 +5,7 @@ import pytest
 
 from dmnt_lib.__main__ import build_parser, main
 
-SUBCOMMANDS = ["demo", "bench", "data", "deform", "train", "evaluate", "baseline"]
+SUBCOMMANDS = ["demo", "bench", "data", "deform", "train", "evaluate", "diagnose", "baseline"]
 
 
 def _subcommands():

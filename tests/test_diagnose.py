@@ -168,13 +168,15 @@ def test_cli_writes_resumable_diagnostics(tiny_run, tmp_path, capsys):
     out = tmp_path / "diag"
     argv = ["diagnose", "--run", str(run_dir), "--data", str(test), "--levels", "0", "1", "--per-category", "1",
             "--set", "steps=3", "--set", "elevations=[0.0, 0.35]", "--set", "thetas=[0.0]", "--latent-steps", "2",
-            "--out", str(out), "--no-progress"]
+            "--rules", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     lines = (out / "diagnostics.jsonl").read_text().splitlines()
     assert len(lines) == 4  # 2 categories x 2 levels x 1
     rec = json.loads(lines[0])
     assert {"pose_failure", "class_failure", "iou_gt_own", "iou_gt_latent", "vote", "bg_explained"} <= set(rec)
     assert rec["iou_gt_own"] is not None and 0 <= rec["iou_gt_latent"] <= 1
+    rules = (out / "rules.md").read_text()
+    assert all(f"| {name} |" in rules for name in ("normalized", "nemo (raw)", "vote"))
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["levels"]) == {"0", "1"} and summary["levels"]["0"]["n"] == 2
     # resume: a truncated file is completed, finished images are not redone

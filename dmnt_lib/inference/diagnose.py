@@ -386,7 +386,27 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def rule_table(records, rules: dict) -> str:
+def _refined(r: dict, kind: str) -> dict:
+    return {c: v[kind] for c, v in r["scores_both"].items()}
+
+
+def _top(d: dict, k: int) -> list:
+    return sorted(d, key=d.get, reverse=True)[:k]
+
+
+#: Class rules scored offline by ``rule_table`` (``diagnose --rules``; meaningful when every category was refined,
+#: ``--set top_k=12``): the render-and-compare scores over the refined categories, the pose-free vote, and the
+#: vote's top three decided by a render-and-compare score.
+RULES = {
+    "normalized": lambda r: _refined(r, "normalized"),
+    "nemo (raw)": lambda r: _refined(r, "nemo"),
+    "vote": lambda r: r["vote"],
+    "vote top-3, then normalized": lambda r: {c: v for c, v in _refined(r, "normalized").items() if c in _top(r["vote"], 3)},
+    "vote top-3, then nemo": lambda r: {c: v for c, v in _refined(r, "nemo").items() if c in _top(r["vote"], 3)},
+}
+
+
+def rule_table(records, rules: dict = RULES) -> str:
     """Classification accuracy and mIoU per level under other class rules, from one diagnosis run.
 
     ``rules``: name → ``f(record) -> {category: score}`` over the candidates it considers; the argmax is the
@@ -398,7 +418,7 @@ def rule_table(records, rules: dict) -> str:
         cells = [name]
         for lv in levels:
             rs = [r for r in records if r["level"] == lv]
-            picks = [max((s := f(r)), key=s.get) for r in rs]
+            picks = [max(s, key=s.get) if (s := f(r)) else None for r in rs]  # no candidate: wrong
             cells.append(f"{np.mean([p == r['category'] for p, r in zip(picks, rs)]):.3f}")
             cells.append(f"{np.mean([r['iou_fit'].get(p, 0.0) for p, r in zip(picks, rs)]):.3f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -419,6 +439,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--center", choices=["known", "search"], default="known", help="object centre (default known)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="an InferenceConfig field, value as JSON (e.g. top_k=12, classify='\"vote\"'); repeatable")
+    p.add_argument("--rules", action="store_true", help="also score the class rules of RULES offline (OUT/rules.md)")
     p.add_argument("--latent-steps", type=int, default=0, help="Adam steps of the latent-fit IoU ceiling (default 0: off)")
     p.add_argument("--batch-size", type=int, default=8, help="images per inference call (default 8)")
     p.add_argument("--out", type=Path, help="output folder (default RUN/diagnose/<data>_L<levels>_n<N>[_<set>])")
@@ -491,4 +512,8 @@ def run(args) -> int:
     atomic_write_text(out / "summary.md", md)
     print(f"diagnosed {len(records)} images -> {out}")
     print(md)
+    if args.rules:
+        table = rule_table(records)
+        atomic_write_text(out / "rules.md", table)
+        print(table)
     return 0
