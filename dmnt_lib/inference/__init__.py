@@ -3,7 +3,7 @@
 * ``render_and_compare(features, textures, meshes, background, focal, principal, image_size, stride,
   center="known", config=None) -> list[Prediction]`` — the engine on explicit tensors (``engine.py``);
 * ``infer(model, images, focal, principal=None, ...)`` — a trained ``DMNT``'s backbone + the engine
-  (``infer.py``; ``DMNT.infer`` delegates here);
+  (``infer.py``);
 * ``InferenceConfig`` (``config.py``), the grid cache (``grid.py``), the score (``score.py``), Adam
   refinement (``refine.py``), oracle features for tests (``oracle.py``), the evaluation predictor
   (``evaluate.py``).

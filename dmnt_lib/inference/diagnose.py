@@ -433,7 +433,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0] + " Writes OUT/diagnostics.jsonl (resumable), OUT/summary.json and OUT/summary.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="DMNT training folder (model.pt)")
-    p.add_argument("--data", type=Path, required=True, help="labelled data folder (e.g. a validation set: data --seed 2)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="labelled data folder (e.g. a validation set: data --seed 2); its categories the model knows")
     p.add_argument("--levels", type=int, nargs="+", default=[0, 1, 2, 3], choices=[0, 1, 2, 3], help="levels (default 0 1 2 3)")
     p.add_argument("--per-category", type=int, help="first N images per category and level (default all)")
     p.add_argument("--center", choices=["known", "search"], default="known", help="object centre (default known)")
@@ -487,7 +488,12 @@ def run(args) -> int:
         from ..model import DMNT
 
         model = DMNT.load(path)
+        # only the categories the model knows (a model trained on a subset is diagnosed on that subset)
         dataset = PoseDataset(args.data, None, args.levels)
+        known = [c for c in dataset.categories if c in model.categories]
+        if not known:
+            raise ValueError(f"{args.data} holds none of the model's categories {list(model.categories)}")
+        dataset = PoseDataset(args.data, known, args.levels)
         indices = _select(dataset, args.per_category)
         if not indices:
             raise ValueError(f"{args.data} has no images at levels {args.levels}")

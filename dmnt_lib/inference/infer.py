@@ -1,6 +1,6 @@
 """``infer(model, images, focal, principal=None, ...)``: a trained DMNT's backbone + ``render_and_compare``.
 
-``DMNT.infer`` delegates here. The model provides (docs/design.md §8) ``features(images) -> (B, D, H/s, W/s)``
+The model provides (docs/design.md §8) ``features(images) -> (B, D, H/s, W/s)``
 unit features, ``stride``, ``categories``, ``texture(category) -> (D, S, S)``, the background bank
 (``bank.features (K, D)`` or ``bank.mean()``), ``mesh(category)`` (the mean-code shape) and
 ``deformable(category)`` (used when ``config.fit_shape``).

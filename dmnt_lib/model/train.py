@@ -156,7 +156,7 @@ class TrainConfig:
 
     @classmethod
     def quick(cls, **over) -> "TrainConfig":
-        """The 2-core preset ``train --quick`` uses with ``ModelConfig(texture_size=64)`` (docs/readme/train.md):
+        """The 2-core preset ``train --quick`` uses with ``ModelConfig(texture_size=64)`` (docs/training.md):
         60 training + 10 held-out images per category, 4 epochs of batch 8, smaller sample counts
         (400 positives, 400 Com at >= 10 texels: 20 at S=128 scaled to S=64, 100 Class, 800 BG)."""
         base = dict(epochs=4, batch_size=8, per_category=60, val_per_category=10, categories=None,
