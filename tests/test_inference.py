@@ -450,3 +450,21 @@ def test_per_image_focal_lengths_share_the_grid(world):
     assert cache.misses == 1 and len(cache) == 1
     assert all(pose_error_deg(p, q) < 5 for p, q in zip(preds, poses))
     assert all(p.distance == pytest.approx(q["distance"], rel=0.03) for p, q in zip(preds, poses))
+
+
+def test_bench_infer_compare_option(capsys):
+    """``bench infer --compare NAME=JSON``: a bad config is refused naming it; a model world's background follows
+    each config's ``background_centroids``."""
+    from types import SimpleNamespace
+
+    from dmnt_lib.inference.bench import _background, main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--compare", 'prev={"no_such_field": 1}'])
+    assert e.value.code == 2 and "no_such_field" in capsys.readouterr().err
+    feats = torch.nn.functional.normalize(torch.randn(64, D), dim=1)
+    world = {"model": SimpleNamespace(bank=SimpleNamespace(features=feats, mean=lambda: feats.mean(0))), "background": None}
+    assert _background(world, InferenceConfig()).shape == (1, D)
+    assert _background(world, InferenceConfig(background_centroids=3)).shape == (3, D)
+    oracle = {"background": random_background(D, seed=0)}
+    assert _background(oracle, InferenceConfig(background_centroids=3)) is oracle["background"]

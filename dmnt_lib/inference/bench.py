@@ -3,7 +3,10 @@ default configuration, side by side in one run with a NeMo-style slow schedule (
 12 categories refined, 300 Adam steps, full texture, no early stop), and the accuracy of both on the same images.
 
 ``python benchmarks/bench_infer.py [--run RUN --data DIR [--level L]] [--images N] [--slow-images M]
-[--threads 2] [--batch 8] [--quick] [--seed S]``
+[--threads 2] [--batch 8] [--quick] [--seed S] [--compare NAME=JSON ...]``
+
+``--compare`` runs other configurations (e.g. the previous default) on the default's images, each a row of
+the same table.
 
 * With ``--run`` (a trained DMNT run folder) and ``--data`` (a test set): the model's backbone, textures,
   mean-code meshes and bank on the test images (level ``--level``, default 0), images drawn round-robin
@@ -24,6 +27,7 @@ fragments are cached per category as in a long run (their one-off cost is report
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -79,6 +83,16 @@ def _err_deg(pose, az, el, th) -> float:
     return float(rotation_error(r1, pose_to_rotation(az, el, th))) * 180 / math.pi
 
 
+def _background(world, config: InferenceConfig):
+    """The world's background model for ``config``: a trained model's bank (its mean, or k-means centroids with
+    ``config.background_centroids``), or the oracle world's fixed vectors."""
+    if "model" in world:
+        from .infer import model_background
+
+        return model_background(world["model"], config.background_centroids)
+    return world["background"]
+
+
 def run_schedule(samples, world, config: InferenceConfig, backbone_s: float, stride=4, batch=8, warmup=True,
                  name="") -> dict:
     """Run one schedule on ``samples[1:]`` in batches of ``batch`` images (``samples[0]`` is a warm-up: Embree
@@ -88,7 +102,7 @@ def run_schedule(samples, world, config: InferenceConfig, backbone_s: float, str
         feats = torch.cat([s["features"] for s in group])
         focal = torch.tensor([s["focal"] for s in group])
         pp = torch.tensor([s["principal"] for s in group])
-        return render_and_compare(feats, world["textures"], world["meshes"], world["background"], focal, pp,
+        return render_and_compare(feats, world["textures"], world["meshes"], _background(world, config), focal, pp,
                                   group[0]["image_size"], stride, config=config, include=[s["category"] for s in group])
 
     if warmup:
@@ -147,7 +161,7 @@ def _model_world(run, data, level, n, seed):
                 order.append(by_cat[cat].pop(int(rng.integers(len(by_cat[cat])))))
     world = {"meshes": {c: model.mesh(c) for c in model.categories},
              "textures": {c: model.texture(c).detach() for c in model.categories},
-             "background": model_background(model)}
+             "background": model_background(model), "model": model}
     samples, t_bb = [], []
     for i in order:
         it = ds[i]
@@ -173,11 +187,21 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8, help="images per engine call (default 8, as evaluate --batch-size 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="4 images, 2 of them slow with 30 steps")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=JSON",
+                    help="also run an InferenceConfig given as JSON fields (e.g. 'previous={\"classify\": \"score\"}') on "
+                    "the default's images, its row beside the default's; repeatable")
     a = ap.parse_args(argv)
     if a.quick:
         a.images, a.slow_images, a.slow_steps = 5, 2, 30
     if (a.run is None) != (a.data is None):
         ap.error("--run and --data go together")
+    compares = []
+    for item in a.compare:
+        name, _, text = item.partition("=")
+        try:
+            compares.append((name, InferenceConfig.from_dict(json.loads(text))))
+        except (ValueError, TypeError) as e:
+            ap.error(f"--compare {item!r}: {e}")
     if a.slow_images >= a.images or a.images < 2 or a.slow_images < 1:
         ap.error("need 1 <= --slow-images < --images")
     torch.set_num_threads(a.threads)
@@ -198,6 +222,7 @@ def main(argv=None) -> int:
         GRID_CACHE.get(mesh, fast_cfg, samples[0]["focal"] / stride, tuple(x // stride for x in samples[0]["image_size"]))
     t_grid = time.perf_counter() - t0
     fast = run_schedule(samples, world, fast_cfg, bb or 0.0, stride, a.batch, name="default")
+    others = [(name, cfg, run_schedule(samples, world, cfg, bb or 0.0, stride, a.batch, name=name)) for name, cfg in compares]
     # The slow schedule takes minutes per image: it runs on samples[1 : slow_images + 1] without its own warm-up
     # (its cost is dominated by 300 steps x 12 categories, not by first-call effects), the default beside it.
     same = samples[1: a.slow_images + 1]
@@ -215,6 +240,8 @@ def main(argv=None) -> int:
     print("| schedule | images | backbone | init | refine | masks | s/image | Acc@pi/6 | median (deg) | cls acc |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in ((f"default (top-{fast_cfg.top_k}, <= {fast_cfg.steps} steps)", fast),
+                    *((f"{name}: {json.dumps({k: v for k, v in cfg.to_dict().items() if v != fast_cfg.to_dict()[k]})}", r)
+                      for name, cfg, r in others),
                     ("default, same images as slow", fast_same),
                     (f"NeMo-style (PyTorch3D, all 12, {a.slow_steps} steps)", slow)):
         print(f"| {name} | {r['n']} | {r['backbone']:.3f} | {r['init']:.3f} | {r['refine']:.3f} | {r['masks']:.3f} | "

@@ -173,3 +173,39 @@ def plot_prediction(pred, amodal_gt=None, visible_gt=None, image=None, title="")
                  f"θ {math.degrees(pred.theta):.0f}°, score {pred.score:.3f}", y=1.02)
     fig.tight_layout()
     return fig
+
+
+def plot_diagnosis(summary: dict, title: str = ""):
+    """Stacked bars per level from ``diagnose.summarize``: the class (right / search / shape / score failures)
+    and the pose under the true category (within 30° / search / shape / score), plus the silhouette ceilings
+    beside the achieved mIoU. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    levels = list(summary["levels"])
+    groups = [summary["levels"][lv] for lv in levels]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    colors = {"ok": "#4c9a2a", "search": "#e3a21a", "shape": "#7a5195", "score": "#c0392b"}
+    x = np.arange(len(levels))
+    for ax, (what, ok_key, prefix) in zip(axes[:2], (("class", "cls_acc", "cls_"), ("pose (Acc@π/6)", "acc_pi6", "pose_"))):
+        bottom = np.zeros(len(levels))
+        for label in ("ok", "search", "shape", "score"):
+            v = np.array([g[ok_key] if label == "ok" else g[prefix + label] for g in groups])
+            ax.bar(x, v, bottom=bottom, color=colors[label], label=label)
+            bottom += v
+        ax.set_xticks(x, [f"L{lv}" for lv in levels])
+        ax.set_ylim(0, 1)
+        ax.set_title(what)
+    axes[0].legend(fontsize=8, loc="lower left")
+    for key, label in (("miou", "prediction"), ("iou_gt_mean", "mean shape at the true pose"),
+                       ("iou_gt_own", "own CAD shape at the true pose"), ("iou_gt_latent", "shape fitted to the mask")):
+        vals = [g.get(key) for g in groups]
+        if all(v is not None for v in vals):
+            axes[2].plot(x, vals, marker="o", label=label)
+    axes[2].set_xticks(x, [f"L{lv}" for lv in levels])
+    axes[2].set_ylim(0, 1)
+    axes[2].set_title("amodal IoU and its ceilings")
+    axes[2].legend(fontsize=8, loc="lower left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
