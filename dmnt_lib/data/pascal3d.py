@@ -591,11 +591,18 @@ def _find_cad_root(root: Path) -> Path:
 
 def _has_pose(ann_path: Path) -> bool:
     """Whether a NeMo annotation has a pose (``distance > 0``); a missing or unreadable file counts as
-    posed here, so that reading the sample reports the real problem."""
+    posed here, so that reading the sample reports the real problem. Only the ``distance`` member is
+    read: OccludedPASCAL3D+'s files also hold a photo-sized ``occ_mask`` (~0.2 MB, stored
+    uncompressed), which indexing a whole level would otherwise read in full."""
     try:
-        d = _load_fields(ann_path).get("distance")
-        return d is None or float(np.asarray(d).reshape(-1)[0]) > 0
-    except (OSError, ValueError, IndexError):
+        with zipfile.ZipFile(ann_path) as zf:
+            names = set(zf.namelist())
+            name = next((n for n in ("distance.npy", "distance") if n in names), None)
+            if name is None:
+                return True
+            d = np.lib.format.read_array(io.BytesIO(zf.read(name)), allow_pickle=False)
+        return float(np.asarray(d).reshape(-1)[0]) > 0
+    except (*_ZIP_ERRORS, IndexError, TypeError):
         return True
 
 class Pascal3D:
