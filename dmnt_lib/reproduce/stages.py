@@ -109,27 +109,31 @@ _REQUIRED = ["categories", "image_size", "train_data.per_category", "train_data.
              "test_data.seed", "deform.seed", "evaluate.levels", "evaluate.per_category", "evaluate.center"]
 
 
-def check_preset(config: dict) -> dict:
+def check_preset(config: dict, fields: dict | None = None, required: list | None = None) -> dict:
     """``config`` itself when every field is one ``PRESETS`` knows, of the right type; otherwise a
     ``ValueError`` naming the field as ``--set KEY`` would (so a misspelt key is refused, not hashed
-    into the config and ignored)."""
+    into the config and ignored). ``fields``/``required``: another preset family's table, in
+    ``_FIELDS``' form, and its required fields (default: the synthetic presets')."""
+    fields = _FIELDS if fields is None else fields
+    required = _REQUIRED if required is None else required
+    sections = sorted({k.split(".")[0] for k in fields if "." in k})
     if not isinstance(config, dict):
         raise ValueError(f"a preset config must be a dict, got {type(config).__name__}")
     flat = {}
     for key, value in config.items():
-        if key in _SECTIONS:
+        if key in sections:
             if not isinstance(value, dict):
-                raise ValueError(f"--set {key}: a section of fields ({', '.join(k for k in _FIELDS if k.startswith(key + '.'))}), "
+                raise ValueError(f"--set {key}: a section of fields ({', '.join(k for k in fields if k.startswith(key + '.'))}), "
                                  f"got {value!r}")
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
             flat[key] = value
     for key, value in flat.items():
-        if key not in _FIELDS:
+        if key not in fields:
             section = key.split(".")[0] + "." if "." in key else ""
-            known = [k for k in _FIELDS if k.startswith(section)] if section else [k for k in _FIELDS if "." not in k] + _SECTIONS
+            known = [k for k in fields if k.startswith(section)] if section else [k for k in fields if "." not in k] + sections
             raise ValueError(f"--set {key}: unknown preset field (known: {', '.join(known)})")
-        check, what = _FIELDS[key]
+        check, what = fields[key]
         if not check(value):
             raise ValueError(f"--set {key}: must be {what}, got {value!r}")
     if flat.get("train.set"):
@@ -142,7 +146,7 @@ def check_preset(config: dict) -> dict:
         bad = sorted(set(flat["train.set"]) - names)
         if bad:
             raise ValueError(f"--set train.set: {bad} are not TrainConfig or ModelConfig fields ({sorted(names)})")
-    missing = [k for k in _SECTIONS if k not in config] or [k for k in _REQUIRED if k not in flat]
+    missing = [k for k in sections if k not in config] or [k for k in required if k not in flat]
     if missing:
         raise ValueError(f"the preset config lacks {', '.join(missing)}")
     return config
