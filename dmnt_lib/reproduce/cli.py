@@ -4,6 +4,9 @@ data -> deform -> train -> baseline -> evaluate -> figures; a finished stage is 
 interrupted one resumes, a changed configuration is refused unless ``--redo`` (rules:
 ``reproduce.pipeline``). One progress line per stage, then a summary table with timings, also
 written to ``OUT/summary.md`` and ``OUT/summary.json``.
+
+``--pascal3d ROOT`` runs the same stages on NeMo-prepared PASCAL3D+ / OccludedPASCAL3D+ with the
+``pascal3d*`` presets (``reproduce.pascal3d``); the folder is checked before any stage runs.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from pathlib import Path
 
 from ..fileio import atomic_write_text
+from .pascal3d import PASCAL3D_PRESETS, build_pascal3d_stages, check_pascal3d_preset, pascal3d_preset, survey
 from .pipeline import ConfigChanged, Pipeline, StageFailed
 from .stages import PRESETS, build_stages, check_preset, preset
 
@@ -35,10 +39,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(OUT/manifest/<stage>.json records the config hash it was made with); an interrupted stage "
         "resumes; a stage whose config changed is refused unless --redo.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="presets: tiny (the test suite), quick (make demo), full (make reproduce); see dmnt_lib/reproduce/stages.py")
+        epilog="presets: tiny (the test suite), quick (make demo), full (make reproduce); see dmnt_lib/reproduce/stages.py. "
+        "With --pascal3d: pascal3d (one GPU), pascal3d-cpu (2 CPU cores, 4 categories), pascal3d-tiny (the test "
+        "suite); see dmnt_lib/reproduce/pascal3d.py and docs/pascal3d.md")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="the quick preset (what make demo runs)")
-    g.add_argument("--preset", choices=sorted(PRESETS), help="a named preset (default full; quick with --quick or when DMNT_QUICK=1)")
+    g.add_argument("--preset", choices=sorted(PRESETS) + sorted(PASCAL3D_PRESETS),
+                   help="a named preset (default full; quick with --quick or when DMNT_QUICK=1; with --pascal3d: "
+                   "pascal3d, or pascal3d-tiny when DMNT_QUICK=1)")
+    p.add_argument("--pascal3d", type=Path, metavar="ROOT",
+                   help="real data: the folder holding NeMo's PASCAL3D_train_NeMo, PASCAL3D_NeMo, PASCAL3D_OCC_NeMo and "
+                   "PASCAL3D+_release1.1/CAD (checked before any stage runs; --dry-run lists what it holds)")
     p.add_argument("--out", type=Path, help="run folder (default runs/<preset>)")
     p.add_argument("--figures", type=Path, help="where the figures go (default OUT/figures)")
     p.add_argument("--redo", action="store_true", help="recompute stages whose config changed (default: refuse)")
@@ -57,10 +68,11 @@ def summary_markdown(rows: list[dict], total: float, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def apply_overrides(config: dict, items: list[str]) -> dict:
+def apply_overrides(config: dict, items: list[str], check=check_preset) -> dict:
     """``config`` with each ``KEY=VALUE`` of ``items`` applied (dotted keys into nested dicts; the
     value parsed as JSON, else kept as a string). Unknown fields and values of the wrong type are
-    refused with a ``ValueError`` naming the key (``check_preset``)."""
+    refused with a ``ValueError`` naming the key (``check``: ``check_preset``, or
+    ``check_pascal3d_preset`` for the PASCAL3D+ presets)."""
     for item in items:
         if "=" not in item:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
@@ -76,16 +88,22 @@ def apply_overrides(config: dict, items: list[str]) -> dict:
                 raise ValueError(f"--set {key}: {part!r} is not a section of the preset ({sorted(node)})")
             node = node[part]
         node[last] = value
-    return check_preset(config)
+    return check(config)
 
 
 def reproduce(name: str = "full", out=None, figures=None, redo: bool = False, device: str = "cpu",
-              config: dict | None = None, log=print) -> list[dict]:
+              config: dict | None = None, log=print, pascal3d=None) -> list[dict]:
     """Run the preset ``name`` (or an explicit ``config`` of that shape) into ``out``; returns the
-    summary rows (``Pipeline.run``) and writes ``OUT/summary.{md,json}``."""
-    config = preset(name) if config is None else config
+    summary rows (``Pipeline.run``) and writes ``OUT/summary.{md,json}``. ``pascal3d``: the
+    ``--pascal3d`` folder (or ``pascal3d.survey``'s ``Found``) for a PASCAL3D+ preset."""
     out = Path(out) if out is not None else Path("runs") / name
-    pipe = Pipeline(out, build_stages(out, config, figures, device), log=log)
+    if pascal3d is not None:
+        config = pascal3d_preset(name) if config is None else config
+        stages = build_pascal3d_stages(out, config, pascal3d, figures, device, log=log)
+    else:
+        config = preset(name) if config is None else config
+        stages = build_stages(out, config, figures, device)
+    pipe = Pipeline(out, stages, log=log)
     t0 = time.perf_counter()
     try:
         rows = pipe.run(redo=redo)
@@ -95,8 +113,9 @@ def reproduce(name: str = "full", out=None, figures=None, redo: bool = False, de
     total = time.perf_counter() - t0
     md = summary_markdown(rows, total, name)
     atomic_write_text(out / "summary.md", md)
+    extra = {} if pascal3d is None else {"pascal3d": str(getattr(pascal3d, "root", pascal3d))}
     atomic_write_text(out / "summary.json", json.dumps({"preset": name, "seconds": round(total, 3), "stages": rows,
-                                                        "config": config}, indent=1) + "\n")
+                                                        "config": config, **extra}, indent=1) + "\n")
     log(md.rstrip())
     table = (Path(figures) if figures is not None else out / "figures") / "results.md"
     if table.is_file():
@@ -105,20 +124,41 @@ def reproduce(name: str = "full", out=None, figures=None, redo: bool = False, de
 
 
 def run(args) -> int:
-    name = "quick" if args.quick else (args.preset or ("quick" if os.environ.get("DMNT_QUICK") == "1" else "full"))
+    quick_env = os.environ.get("DMNT_QUICK") == "1"
+    real = getattr(args, "pascal3d", None)
+    if real is not None:
+        name = args.preset or ("pascal3d-tiny" if quick_env else "pascal3d")
+        bad = ("--quick selects the synthetic quick preset" if args.quick else
+               f"--preset {name} is a synthetic-data preset" if name not in PASCAL3D_PRESETS else None)
+    else:
+        name = "quick" if args.quick else (args.preset or ("quick" if quick_env else "full"))
+        bad = f"--preset {name} runs on real data: give --pascal3d ROOT" if name in PASCAL3D_PRESETS else None
+    if bad:
+        print(f"error: {bad}" + (f"; with --pascal3d use --preset {' | '.join(sorted(PASCAL3D_PRESETS))}" if real else ""),
+              file=sys.stderr)
+        return 2
     out = args.out if args.out is not None else Path("runs") / name
     try:
-        config = apply_overrides(preset(name), args.set)
-    except ValueError as e:
+        if real is not None:
+            config = apply_overrides(pascal3d_preset(name), args.set, check=check_pascal3d_preset)
+            real = survey(real, config["categories"], config["evaluate"]["levels"])
+            stages = build_pascal3d_stages(out, config, real, args.figures, args.device)
+        else:
+            config = apply_overrides(preset(name), args.set)
+            stages = build_stages(out, config, args.figures, args.device) if args.dry_run else None
+    except (ValueError, FileNotFoundError) as e:  # a bad --set, or an incomplete --pascal3d folder (Pascal3DLayoutError)
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
-        pipe = Pipeline(out, build_stages(out, config, args.figures, args.device))
+        if real is not None:
+            print(real.describe())
+            print(_selection(name, config, real))
+        pipe = Pipeline(out, stages)
         for i, p in enumerate(pipe.plan(), 1):
             print(f"[{i}/{len(pipe.stages)}] {p.stage.name:<18} {p.status}: {p.reason}")
         return 0
     try:
-        reproduce(name, out, args.figures, args.redo, args.device, config=config)
+        reproduce(name, out, args.figures, args.redo, args.device, config=config, pascal3d=real)
     except ConfigChanged as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
@@ -126,3 +166,14 @@ def run(args) -> int:
         print(f"error: {e}\n(the finished stages are kept; rerun the same command to resume)", file=sys.stderr)
         return 1
     return 0
+
+
+def _selection(name: str, config: dict, found) -> str:
+    """What a PASCAL3D+ preset takes of ``found`` (the ``--dry-run`` line after the inventory)."""
+    def part(n):
+        return "all" if n is None else f"up to {n} per category"
+
+    size = config["image_size"]
+    return (f"  preset {name}: categories {', '.join(found.categories)}; training {part(config['train_data']['per_category'])}, "
+            f"test {part(config['test_data']['per_category'])} and level (L{''.join(map(str, config['evaluate']['levels']))}); "
+            f"images {size} x {size}")
