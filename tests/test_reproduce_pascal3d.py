@@ -159,7 +159,11 @@ def test_import_is_what_the_loader_gives_at_the_common_size(nemo_tree, tmp_path,
     p3d.import_nemo(again, found, ["L0", "L2"], 48, None, 0, echo=lambda *_: None)
     assert {p.relative_to(again): p.read_bytes() for p in again.rglob("*") if p.is_file()} == clean
 
-    # another job in the same folder starts afresh; a subset keeps the same objects at every level
+    # the same job on a finished folder does nothing; another job starts afresh; a subset keeps the same
+    # objects at every level
+    before = {p: p.stat().st_mtime_ns for p in again.rglob("*")}
+    p3d.import_nemo(again, found, ["L0", "L2"], 48, None, 0, echo=lambda *_: None)
+    assert {p: p.stat().st_mtime_ns for p in again.rglob("*")} == before
     p3d.import_nemo(again, found, ["L0", "L1"], 48, 1, 0, echo=lambda *_: None)
     lists = {p.relative_to(again): p.read_text() for p in again.rglob("lists/*.txt")}
     assert sorted(map(str, lists)) == [f"L{k}/lists/{c}.txt" for k in (0, 1) for c in CATS]

@@ -156,7 +156,11 @@ def check_pascal3d_preset(config: dict) -> dict:
     """``config`` itself when it is a valid PASCAL3D+ preset (``stages.check_preset``'s rules with
     this module's fields), else a ``ValueError`` naming the field as ``--set KEY`` would."""
     check_preset(config, fields=_P3D_FIELDS, required=_P3D_REQUIRED)
-    stride = int(config["train"].get("set", {}).get("stride", 4))
+    stride = config["train"].get("set", {}).get("stride", 4)
+    try:
+        stride = int(stride)
+    except (TypeError, ValueError):
+        raise ValueError(f"--set train.set: stride must be an integer, got {stride!r}") from None
     if config["image_size"] % stride:
         raise ValueError(f"--set image_size: {config['image_size']} is not divisible by DMNT's feature stride {stride} "
                          "(train.set.stride)")
@@ -340,8 +344,10 @@ def survey(root, categories=None, levels=(0, 1, 2, 3)) -> Found:
             where = f"{cat} at level {level}" + (" (training set)" if part == "train" else "")
             missing = [p for p in (ann_dir, img_dir) if not p.is_dir()] + ([] if lst.exists() else [lst])
             if missing:
+                hint = (" (to run on the categories present, --set categories=null)"
+                        if part == "train" and not ann_dir.is_dir() else "")
                 problems.append(f"missing folder {missing[0]}: {where}; expected NeMo's annotations/{name}/, images/{name}/ "
-                                f"and lists/{name}/ in {base}")
+                                f"and lists/{name}/ in {base}{hint}")
                 continue
             try:
                 ids = read_list(lst)
@@ -418,9 +424,10 @@ def _rank(seed: int, sid: str) -> str:
     return hashlib.sha256(f"{seed}:{sid}".encode()).hexdigest()
 
 
-def _claim(out: Path, job: dict) -> None:
+def _claim(out: Path, job: dict) -> dict | None:
     """Make ``out`` hold this import job: resume it (same job in the marker), start afresh (another job,
-    or a finished import: only our own files are ever deleted), or refuse a folder that is not ours."""
+    or another finished import: only our own files are ever deleted), or refuse a folder that is not
+    ours. Returns the ``meta.json`` dict when ``out`` already holds this very import, finished."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
     names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
@@ -434,17 +441,20 @@ def _claim(out: Path, job: dict) -> None:
             meta = json.loads((out / "meta.json").read_text())
         except (OSError, ValueError):
             meta = None
+        if old is None and isinstance(meta, dict) and meta.get("job") == job:
+            return meta  # this very import, finished (its stage's manifest was lost): nothing to do
         ours = old is not None or (isinstance(meta, dict) and meta.get("format") == DMNT_FORMAT)
         foreign = [n for n in names if n not in _MANAGED and not (n.startswith(".") and n.endswith(".tmp"))]
         if not ours or foreign:
             raise FileExistsError(f"{out} holds {foreign[:5] or names[:5]}, which is not an import of ours; it is never "
                                   "deleted: move it or choose another --out")
         if old == job:
-            return  # resume
+            return None  # resume
         for n in names:
             p = out / n
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     atomic_write_text(marker, json.dumps(job, indent=1, sort_keys=True) + "\n")
+    return None
 
 
 def import_nemo(out, found: Found, parts, image_size: int, per_category=None, seed: int = 0, echo=print) -> dict:
@@ -469,7 +479,10 @@ def import_nemo(out, found: Found, parts, image_size: int, per_category=None, se
     job = {"format": "dmnt-nemo-import-1", "sources": {p: str(found.sources[p]) for p in parts},
            "lists": found.source_config(parts), "categories": cats, "image_size": size,
            "per_category": per_category, "seed": int(seed), "cad": found.cad_digest}
-    _claim(out, job)
+    done = _claim(out, job)
+    if done is not None:
+        echo(f"  {out} already holds this import")
+        return done
     t0 = time.perf_counter()
     for cat in cats:
         for name in found.cad_models[cat]:
@@ -532,6 +545,7 @@ def import_nemo(out, found: Found, parts, image_size: int, per_category=None, se
         "num_cad_models": {c: len(found.cad_models[c]) for c in cats},
         "left_out": {"unposed": unposed, "empty_mask": empty},
         "units": {"angles": "radians", "focal_pixels": "focal * viewport", "principal": "pixels (x, y)"},
+        "job": job,
     }
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     (out / MARKER).unlink()
