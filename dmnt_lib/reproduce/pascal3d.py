@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -56,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.pascal3d import CAD_RELEASE_NAME, DMNT_FORMAT, OCC_ROOT_NAME, detect_convention, read_list
+from ..data.pascal3d import CAD_RELEASE_NAME, DMNT_FORMAT, OCC_ROOT_NAME, _find_cad_root, detect_convention, read_list
 from ..data.shapes import CATEGORIES
 from ..fileio import atomic_write_bytes, atomic_write_text
 from .pipeline import Stage
@@ -179,10 +180,6 @@ def _pendix(level: int) -> str:
     return "" if level == 0 else f"FGL{level}_BGL{level}"
 
 
-def _level_key(level) -> str:
-    return "train" if level == "train" else f"L{level}"
-
-
 @dataclass
 class Found:
     """What ``survey`` found under ``root``.
@@ -237,8 +234,6 @@ def _member_int(path: Path, key: str) -> int | None:
             name = next((n for n in (f"{key}.npy", key) if n in names), None)
             if name is None:
                 return None
-            import io
-
             a = np.lib.format.read_array(io.BytesIO(zf.read(name)), allow_pickle=False)
         return int(np.asarray(a).reshape(-1)[0])
     except Exception:  # noqa: BLE001 -- any unreadable field: the loader will name it when it reads the file
@@ -384,8 +379,6 @@ def survey(root, categories=None, levels=(0, 1, 2, 3)) -> Found:
             elif level > 0 and "occ_mask" not in fields:
                 problems.append(f"wrong convention: {first} (level {level}) has no 'occ_mask'; expected OccludedPASCAL3D+'s "
                                 "occluder mask in original-photo pixels, as NeMo's CreatePascal3DNeMo.py stores it")
-
-    from ..data.pascal3d import _find_cad_root
 
     cad_base = _find_cad_root(train)
     cad_models: dict = {}
