@@ -71,6 +71,10 @@ class InferenceConfig:
             ``center="search"`` (a known centre is kept exact).
         fit_shape: optimize the shape code of deformable meshes (``deform.DeformableMesh``), with an L2
             prior ``shape_prior`` towards the mean code.
+        cad_shapes: after refinement, the predicted category's pose is refined again once per candidate shape
+            (the mean code and the code of each of its CAD models, ``DeformableMesh.latents``) and the best fit
+            objective chooses the shape, its pose and the masks (a choice among known shapes, not a free fit; the
+            principal point stays where the first refinement left it).
         backend: rasterizer backend passed to ``render.rasterize`` where it accepts one.
     """
 
@@ -101,6 +105,7 @@ class InferenceConfig:
     refine_principal: bool | None = None
     fit_shape: bool = False
     shape_prior: float = 1.0
+    cad_shapes: bool = False
     backend: str = "auto"
     seam_threshold: float = 0.2
 
@@ -163,6 +168,8 @@ class InferenceConfig:
         if not isinstance(self.fit_shape, bool):
             raise ValueError(f"config.fit_shape must be a bool, got {self.fit_shape!r}")
         positive("shape_prior", allow_zero=True)
+        if not isinstance(self.cad_shapes, bool):
+            raise ValueError(f"config.cad_shapes must be a bool, got {self.cad_shapes!r}")
         if not isinstance(self.backend, str):
             raise ValueError(f"config.backend must be a string, got {self.backend!r}")
         positive("seam_threshold")

@@ -47,7 +47,8 @@ class Prediction:
         poses: category → ``{"azimuth", "elevation", "theta", "distance", "principal", "score" (config.score),
             "init_score", "objective" (config.fit_score), "refined"}`` for the best-fitting hypothesis of each
             category; refined ones add ``"scores"`` (both kinds, at the kept pose), ``"init_objective"`` (at the
-            init pose) and ``"final_objective"`` (Adam's last step), and ``"code"`` with ``fit_shape``.
+            init pose) and ``"final_objective"`` (Adam's last step), and ``"code"`` with ``fit_shape`` (and, for the
+            predicted category with ``cad_shapes``, the chosen code and ``"shape"``: its CAD model's row, -1 the mean).
         amodal_mask, visible_mask: ``(H, W)`` bool CPU tensors.
         time_s: seconds for this image (batch time / B, plus the backbone when ``infer`` ran it);
             ``timings``: the same split into ``init``, ``refine``, ``masks`` (and ``backbone``).
@@ -271,11 +272,11 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
     feats = features.float()
     res = refine(feats, bgmap.float(), bg.float(), {c: textures[c].float() for c in hyp_objs}, meshes, hyp_objs,
                  (h, w), cfg, record=record)
-    t_refine = time.perf_counter() - t0
+    t_refine = t_refine_main = time.perf_counter() - t0
 
-    # ---- per image: best hypothesis per category, prediction, masks ----
+    # ---- per image: best hypothesis per category and the prediction ----
     t0 = time.perf_counter()
-    preds = []
+    per_image = []  # (poses, scores, refined, best)
     for i in range(b):
         poses, scores = {}, {}
         for cat in cats:
@@ -283,14 +284,9 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
                 r, hy = res[cat], hyp_objs[cat]
                 rows = (hy.image == i).nonzero()[:, 0]
                 j = int(rows[r.objective[rows].argmax()])  # the category's pose: best fit
-                poses[cat] = {"azimuth": float(r.azimuth[j]), "elevation": float(r.elevation[j]), "theta": float(r.theta[j]),
-                              "distance": float(r.distance[j]), "principal": tuple(float(x) * stride for x in r.principal[j]),
-                              "score": float(r.scores[config.score][j]),
-                              "scores": {k: float(v[j]) for k, v in r.scores.items()},
-                              "init_score": float(r.init_scores[config.score][j]),
-                              "objective": float(r.objective[j]), "init_objective": float(r.init_objective[j]),
-                              "final_objective": float(r.final_objective[j]), "refined": True, "_row": j,
-                              "code": r.code[j] if r.code is not None else None}
+                poses[cat] = _refined_pose(r, j, stride, config)
+                poses[cat].update(init_score=float(r.init_scores[config.score][j]), init_objective=float(r.init_objective[j]),
+                                  final_objective=float(r.final_objective[j]), _row=j)
             else:
                 g = picks[cat][i][0]
                 entry = init[cat]["entries"][i]
@@ -304,6 +300,15 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
         refined = [c for c in cats if c in chosen[i]]
         # `include`d categories never enter the classification
         best = topk[i][0] if votes is not None else max(topk[i], key=lambda c: scores[c])
+        per_image.append((poses, scores, refined, best))
+    if config.cad_shapes:
+        t1 = time.perf_counter()
+        _refine_shapes(feats, bgmap.float(), bg.float(), textures, meshes, per_image, focal_f, stride, (h, w), cfg)
+        t_refine += time.perf_counter() - t1
+
+    # ---- masks ----
+    preds = []
+    for i, (poses, scores, refined, best) in enumerate(per_image):
         amodal, visible = _masks(features[i], bg, textures[best], meshes[best], poses[best], float(focal_px[i]),
                                  (H, W), stride, config)
         traj = None
@@ -320,7 +325,7 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
                                 refined=tuple(refined), init_scores={c: float(best_init[i, j]) for j, c in enumerate(cats)},
                                 votes={c: float(votes[i, j]) for j, c in enumerate(cats)} if votes is not None else {},
                                 trajectory=traj))
-    t_masks = time.perf_counter() - t0
+    t_masks = time.perf_counter() - t0 - (t_refine - t_refine_main)
     per = {"init": t_init / b, "refine": t_refine / b, "masks": t_masks / b}
     for p in preds:
         p.timings = dict(per)
@@ -356,6 +361,55 @@ def _grid_scores_uv(fi, entry, tex, bg, offsets, hw, config, kinds, chunk: int =
         for k in kinds:
             out[k].append(combine(*terms, k))
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _refined_pose(r, j: int, stride: int, config) -> dict:
+    """The pose dict of row ``j`` of a ``RefineResult`` (principal point in image pixels)."""
+    return {"azimuth": float(r.azimuth[j]), "elevation": float(r.elevation[j]), "theta": float(r.theta[j]),
+            "distance": float(r.distance[j]), "principal": tuple(float(x) * stride for x in r.principal[j]),
+            "score": float(r.scores[config.score][j]), "scores": {k: float(v[j]) for k, v in r.scores.items()},
+            "objective": float(r.objective[j]), "refined": True, "code": r.code[j] if r.code is not None else None}
+
+
+def _refine_shapes(feats, bgmap, background, textures, meshes, per_image, focal_f, stride, hw, cfg) -> None:
+    """``config.cad_shapes``: the predicted category's fitted pose is refined again once per candidate shape (the mean
+    code and every CAD model's code of its ``DeformableMesh``), all images and candidates in one batch, and the best
+    fit objective wins: its pose, code and ``"shape"`` (the CAD model's row, -1 the mean) replace the prediction's.
+    A shape fitted at a pose fitted for another shape would be judged where that shape was misplaced, so the pose
+    moves with each candidate. Updates ``per_image``'s pose and score dicts in place."""
+    hyps, owners = {}, {}
+    for i, (poses, _, _, best) in enumerate(per_image):
+        mesh = meshes[best]
+        if not isinstance(mesh, DeformableMesh) or not poses[best]["refined"]:
+            continue
+        codes = torch.cat([mesh.mean_code()[None], mesh.latents.detach()])
+        n = len(codes)
+        pb = poses[best]
+        row = {"image": torch.full((n,), i), "code": codes, "focal": torch.full((n,), float(focal_f[i])),
+               "principal": (torch.tensor(pb["principal"], dtype=torch.float32) / stride).expand(n, 2),
+               **{k: torch.full((n,), float(pb[k])) for k in ("azimuth", "elevation", "theta", "distance")}}
+        h = hyps.setdefault(best, {k: [] for k in row})
+        for k, v in row.items():
+            h[k].append(v)
+        owners.setdefault(best, []).append((i, n))
+    if not hyps:
+        return
+    hyp_objs = {c: Hypotheses(**{k: torch.cat(v) for k, v in h.items()}) for c, h in hyps.items()}
+    res = refine(feats, bgmap, background, {c: textures[c].float() for c in hyp_objs}, meshes, hyp_objs, hw,
+                 cfg.replace(refine_principal=False))
+    for c, r in res.items():
+        start = 0
+        for i, n in owners[c]:
+            j = start + int(r.objective[start: start + n].argmax())
+            poses, scores = per_image[i][0], per_image[i][1]
+            if float(r.objective[j]) > poses[c]["objective"]:  # never worse than the mean-shape fit
+                row = poses[c].get("_row")
+                poses[c].update(_refined_pose(r, j, stride, cfg), shape=j - start - 1)
+                poses[c]["_row"] = row
+                scores[c] = poses[c]["score"]
+            else:
+                poses[c]["shape"] = -1
+            start += n
 
 
 def _masks(feat, bg, texture, mesh, pose, focal, hw, stride, config):

@@ -3,7 +3,7 @@
 The model provides (docs/design.md §8) ``features(images) -> (B, D, H/s, W/s)``
 unit features, ``stride``, ``categories``, ``texture(category) -> (D, S, S)``, the background bank
 (``bank.features (K, D)`` or ``bank.mean()``), ``mesh(category)`` (the mean-code shape) and
-``deformable(category)`` (used when ``config.fit_shape``).
+``deformable(category)`` (used when ``config.fit_shape`` or ``config.cad_shapes``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def model_inputs(model, config: InferenceConfig, categories=None):
         raise ValueError(f"categories {unknown} are not in the model (it has {list(model.categories)})")
     # The engine runs on the CPU (Embree); a model on a GPU lends CPU copies.
     textures = {c: model.texture(c).detach().float().cpu() for c in cats}
-    if config.fit_shape:
+    if config.fit_shape or config.cad_shapes:
         meshes = {}
         for c in cats:
             dm = model.deformable(c)
