@@ -165,20 +165,10 @@ def test_top_k_all_equals_top_3(world, three):
         assert a.score == pytest.approx(b.score, abs=1e-6)
 
 
-def test_vote_classifies_and_chooses_the_refined_categories(world, three):
-    """``classify="vote"``: the pose-free vote names the category and ranks the categories for refinement."""
-    feats, principal, truth, poses = three
-    cats = list(SHAPES)
-    preds = run(world, feats, principal, cats, config=CFG.replace(classify="vote", top_k=2, vote_texture_size=None))
-    assert [p.category for p in preds] == truth
-    for p, q in zip(preds, poses):
-        ranked = sorted(p.votes, key=p.votes.get, reverse=True)
-        assert set(p.votes) == set(cats) and p.category == ranked[0] and set(p.refined) == set(ranked[:2])
-        assert pose_error_deg(p, q) < 10
-    with pytest.raises(ValueError, match="config.classify"):
-        InferenceConfig(classify="majority")
+def test_background_centroids_is_validated():
     with pytest.raises(ValueError, match="config.background_centroids"):
         InferenceConfig(background_centroids=0)
+    assert InferenceConfig(background_centroids=None).background_centroids is None
 
 
 def test_model_inputs_background_centroids():
@@ -298,36 +288,6 @@ def test_fit_shape_optimizes_the_code():
     assert pred.poses["a"]["code"] is not None and pred.poses["a"]["score"] >= pred.poses["a"]["init_score"]
     assert all(torch.equal(a, b) for a, b in zip(before, dm.parameters()))  # the net is not trained
     assert all(p.requires_grad for p in dm.parameters())  # and its flags are restored
-
-
-def test_cad_shapes_picks_the_objects_shape():
-    """Features rendered through one CAD model's shape, unlike the mean shape: ``cad_shapes`` refines the pose once per
-    candidate shape and picks that model's code, whose silhouette is the object's (better than the mean shape's)."""
-    from dmnt_lib.deform import DeformableMesh, DeformationNet
-
-    torch.manual_seed(1)
-    template = cuboid_template([2.0, 1.0, 1.2], num_verts=250)
-    dm = DeformableMesh(template, num_models=3, net=DeformationNet(latent_dim=4, hidden=32, depth=2, skip=(), num_freqs=1))
-    with torch.no_grad():
-        torch.nn.init.normal_(dm.net.out.weight, std=0.15)  # a fitted net deforms; a fresh one is zero at the output
-        dm.latents.copy_(torch.tensor([[3.0, 0, 0, 0], [0, -3.0, 0, 0], [0, 0, 0, 3.0]]))
-        truth_mesh = dm.deformed(dm.latents[1])
-        shapes = [dm.deformed_verts(z) for z in torch.cat([dm.mean_code()[None], dm.latents])]
-    assert min(float((a - b).norm(dim=1).mean()) for a in shapes for b in shapes if a is not b) > 0.1  # distinct
-    tex, bg = random_texture(D, S, 6), random_background(D, 6)
-    pose = random_poses(1, seed=12, mesh=template)[0]
-    o = oracle_features(tex, truth_mesh, pose, FOCAL, pose["principal"], (H, W), STRIDE, bg, seed=4)
-    kw = dict(features=o.features, textures={"a": tex}, meshes={"a": dm}, background=bg, focal=FOCAL,
-              principal=torch.tensor([pose["principal"]]), image_size=(H, W), stride=STRIDE)
-    plain = render_and_compare(**kw, config=CFG)[0]
-    chosen = render_and_compare(**kw, config=CFG.replace(cad_shapes=True))[0]
-    assert chosen.poses["a"]["shape"] == 1 and torch.equal(chosen.poses["a"]["code"], dm.latents[1].detach())
-    assert "shape" not in plain.poses["a"]
-    assert iou(chosen.amodal_mask, o.amodal) > max(0.9, iou(plain.amodal_mask, o.amodal))
-    assert pose_error_deg(chosen, pose) < pose_error_deg(plain, pose) and pose_error_deg(chosen, pose) < 10
-    assert chosen.poses["a"]["objective"] > plain.poses["a"]["objective"]
-    with pytest.raises(ValueError, match="config.cad_shapes"):
-        InferenceConfig(cad_shapes=1)
 
 
 class TestBadInputs:
@@ -494,7 +454,32 @@ def test_bench_infer_compare_option(capsys):
     assert e.value.code == 2 and "no_such_field" in capsys.readouterr().err
     feats = torch.nn.functional.normalize(torch.randn(64, D), dim=1)
     world = {"model": SimpleNamespace(bank=SimpleNamespace(features=feats, mean=lambda: feats.mean(0))), "background": None}
-    assert _background(world, InferenceConfig()).shape == (1, D)
+    assert _background(world, InferenceConfig(background_centroids=None)).shape == (1, D)
     assert _background(world, InferenceConfig(background_centroids=3)).shape == (3, D)
     oracle = {"background": random_background(D, seed=0)}
     assert _background(oracle, InferenceConfig(background_centroids=3)) is oracle["background"]
+
+
+def test_background_centroids_are_computed_once_per_bank_state(monkeypatch):
+    """The k-means of the bank runs once per model and K (the evaluation calls ``infer`` per batch), again after
+    the bank changes."""
+    from types import SimpleNamespace
+
+    import importlib
+
+    from dmnt_lib.model.texture import BackgroundBank
+
+    infer_mod = importlib.import_module("dmnt_lib.inference.infer")  # the package's `infer` is the function
+
+    calls = []
+    real = infer_mod.model_background
+    monkeypatch.setattr(infer_mod, "model_background", lambda m, k=None: calls.append(k) or real(m, k))
+    model = SimpleNamespace(bank=BackgroundBank(64, D, seed=1))
+    a = infer_mod._cached_background(model, 8)
+    b = infer_mod._cached_background(model, 8)
+    assert a is b and calls == [8]
+    infer_mod._cached_background(model, 4)
+    assert calls == [8, 4]
+    model.bank.push(torch.nn.functional.normalize(torch.randn(5, D), dim=1))
+    c = infer_mod._cached_background(model, 4)
+    assert calls == [8, 4, 4] and c.shape == (4, D)

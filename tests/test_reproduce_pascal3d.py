@@ -310,10 +310,6 @@ def test_presets_pass_their_check_and_arguments_are_checked(nemo_tree, tmp_path,
     for argv, message in cases:
         assert main(argv + ["--dry-run"]) == 2, argv
         assert message in capsys.readouterr().err, argv
-    # ImageNet weights go to both backbones or to neither
-    argv = ["reproduce", "--pascal3d", str(nemo_tree), "--preset", "pascal3d-tiny", "--set", "weights=w.pt", *out, "--dry-run"]
-    if not p3d._train_has_weights():
-        assert main(argv) == 2 and "--set weights: DMNT's `train` command has no --weights option" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", sorted(p3d.PASCAL3D_PRESETS))
@@ -340,3 +336,10 @@ def test_every_stage_command_line_is_accepted(name, nemo_tree, tmp_path, monkeyp
     if name == "pascal3d":
         assert "--stock" in calls[2] and calls[2][calls[2].index("--backbone") + 1] == "resnet50"
         assert "arch=resnet50" in calls[1] and "stride=8" in calls[1]
+    assert "--weights" not in calls[1] and "--weights" not in calls[2]  # from scratch unless asked
+    calls.clear()
+    config["weights"] = "w.pt"  # ImageNet weights go to both backbones
+    for s in p3d.build_pascal3d_stages(tmp_path, config, nemo_tree, device="cuda:1")[3:5]:
+        s.run()
+    assert all(c[c.index("--weights") + 1] == "w.pt" for c in calls) and len(calls) == 2
+    parser.parse_args(calls[0])

@@ -275,3 +275,40 @@ def test_tiny_run_with_every_option_trains(tiny, tmp_path):
                com_min_distance=8.0)
     losses = [r["loss"] for r in res["history"]]
     assert all(map(lambda x: x == x, losses)) and sum(losses[-4:]) < sum(losses[:4])
+
+
+def test_weights_initialise_the_backbone(tiny, tmp_path):
+    """``train(weights=FILE)`` (``train --weights``) starts the backbone from a state-dict file of the torchvision model."""
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None)
+    with torch.no_grad():
+        net.conv1.weight.fill_(0.125)
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    data, deform = tiny
+    train(data, deform, tmp_path / "run", TrainConfig(epochs=0, **TINY_TRAIN), ModelConfig(**TINY_MODEL), progress=False,
+          echo=lambda *_: None, evaluate=False, weights=str(tmp_path / "w.pt"))
+    model = DMNT.load(tmp_path / "run" / "model.pt")
+    assert (model.backbone.stem[0].weight == 0.125).all()
+    with pytest.raises(FileNotFoundError, match="weights file"):
+        train(data, deform, tmp_path / "run2", TrainConfig(epochs=0, **TINY_TRAIN), ModelConfig(**TINY_MODEL),
+              progress=False, echo=lambda *_: None, evaluate=False, weights=str(tmp_path / "missing.pt"))
+
+
+@pytest.mark.slow
+def test_val_data_holds_out_another_folder(tiny, tmp_path):
+    """``train(val_data=DIR)`` (``train --val-data``): every image of ``data`` trains and the final check reads the
+    first ``val_per_category`` images per category of the other folder."""
+    from dmnt_lib.data import generate_dataset
+
+    data, deform = tiny
+    generate_dataset(tmp_path / "val", 3, levels=(0,), seed=2, image_size=64, categories=list(CATS), progress=False)
+    cfg = TrainConfig(epochs=1, **TINY_TRAIN)  # val_per_category=2
+    res = train(data, deform, tmp_path / "run", cfg, ModelConfig(**TINY_MODEL), progress=False, echo=lambda *_: None,
+                val_data=tmp_path / "val")
+    assert len(res["history"]) == 20 // cfg.batch_size  # all 10 images per category train
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["val_images"] == 2 * len(CATS)
+    assert res["trained"]["images"] == 2 * len(CATS)
+    with pytest.raises(FileNotFoundError, match="val_data"):
+        train(data, deform, tmp_path / "run2", cfg, ModelConfig(**TINY_MODEL), progress=False, echo=lambda *_: None,
+              val_data=tmp_path / "nope")

@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="4 images, 2 of them slow with 30 steps")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=JSON",
-                    help="also run an InferenceConfig given as JSON fields (e.g. 'previous={\"classify\": \"score\"}') on "
+                    help="also run an InferenceConfig given as JSON fields (e.g. 'previous={\"background_centroids\": null}') on "
                     "the default's images, its row beside the default's; repeatable")
     a = ap.parse_args(argv)
     if a.quick:

@@ -6,10 +6,9 @@ import math
 import numbers
 from dataclasses import asdict, dataclass, replace
 
-__all__ = ["InferenceConfig", "nemo_slow_config", "SCORES", "COMPARES", "CENTERS", "CLASSIFY"]
+__all__ = ["InferenceConfig", "nemo_slow_config", "SCORES", "COMPARES", "CENTERS"]
 
 SCORES = ("normalized", "nemo")
-CLASSIFY = ("score", "vote")
 COMPARES = ("image", "uv")
 CENTERS = ("known", "search")
 
@@ -32,13 +31,11 @@ class InferenceConfig:
             lets a smaller (farther) mask slide inside the object when the centre is free (``center=
             "search"``: 5/10 poses within 5° against 10/10 with ``"nemo"``), because it rewards purity
             and not coverage; the raw score rewards explaining every object pixel. Both are reported.
-        classify: what decides the category and which ``top_k`` categories are refined: ``"score"`` the
-            render-and-compare score ``score`` (refined categories ranked by their grid score), or ``"vote"``
-            the pose-free feature vote (``vote.py``: per category, the evidence its texture adds over the
-            background, summed over the map), which also ranks the categories for refinement.
-        vote_texture_size: the texture is average-pooled to this size for the vote (``None``: full).
-        background_centroids: the background model ``b = max_k <F, β_k>`` uses this many k-means centroids of
-            the model's background bank (``infer.model_background``); ``None``: the bank's mean (K = 1).
+        background_centroids: the background model ``b = max_k <F, β_k>`` of a trained model (``infer``) uses
+            this many spherical k-means centroids of its background bank (``infer.model_background``); ``None``:
+            the bank's normalized mean (K = 1, NeMo's). Default 128, chosen on the validation set
+            (docs/experiments.md E2-E3): with the mean alone 97 % of the clutter pixels were explained better by
+            some object texture than by the background, and the score preferred wrong poses and categories.
         compare: ``"image"`` (default) compares rendered texture and features per pixel; ``"uv"`` moves the
             features onto the texture with ``transform.image_to_uv`` and compares per texel.
 
@@ -71,18 +68,12 @@ class InferenceConfig:
             ``center="search"`` (a known centre is kept exact).
         fit_shape: optimize the shape code of deformable meshes (``deform.DeformableMesh``), with an L2
             prior ``shape_prior`` towards the mean code.
-        cad_shapes: after refinement, the predicted category's pose is refined again once per candidate shape
-            (the mean code and the code of each of its CAD models, ``DeformableMesh.latents``) and the best fit
-            objective chooses the shape, its pose and the masks (a choice among known shapes, not a free fit; the
-            principal point stays where the first refinement left it).
         backend: rasterizer backend passed to ``render.rasterize`` where it accepts one.
     """
 
     score: str = "normalized"
     fit_score: str = "nemo"
-    classify: str = "score"
-    vote_texture_size: int | None = 32
-    background_centroids: int | None = None
+    background_centroids: int | None = 128
     compare: str = "image"
     azimuths: int = 12
     elevations: tuple[float, ...] = _deg(-10.0, 5.0, 20.0, 35.0)
@@ -105,7 +96,6 @@ class InferenceConfig:
     refine_principal: bool | None = None
     fit_shape: bool = False
     shape_prior: float = 1.0
-    cad_shapes: bool = False
     backend: str = "auto"
     seam_threshold: float = 0.2
 
@@ -133,10 +123,8 @@ class InferenceConfig:
         choice("score", SCORES)
         choice("fit_score", SCORES)
         choice("compare", COMPARES)
-        choice("classify", CLASSIFY)
-        for name in ("vote_texture_size", "background_centroids"):
-            if getattr(self, name) is not None:
-                integer(name, 1)
+        if self.background_centroids is not None:
+            integer("background_centroids", 1)
         integer("azimuths", 1)
         angles("elevations")
         angles("thetas")
@@ -168,8 +156,6 @@ class InferenceConfig:
         if not isinstance(self.fit_shape, bool):
             raise ValueError(f"config.fit_shape must be a bool, got {self.fit_shape!r}")
         positive("shape_prior", allow_zero=True)
-        if not isinstance(self.cad_shapes, bool):
-            raise ValueError(f"config.cad_shapes must be a bool, got {self.cad_shapes!r}")
         if not isinstance(self.backend, str):
             raise ValueError(f"config.backend must be a string, got {self.backend!r}")
         positive("seam_threshold")

@@ -10,8 +10,7 @@ labels every failure by asking the score itself at the truth:
   CAD shape (the mean shape is what misleads it); else ``score`` (the features/score prefer the wrong
   pose). ``pose_kind`` says whether the error is a 180° azimuth flip, a 90° confusion or other.
 * **class** (wrong category): the same three labels, comparing the winner's class score
-  (``config.score``) with the ground-truth category's at its true pose (mean shape, then own shape); they
-  speak of the render-and-compare score even when the vote decided (``classify="vote"``).
+  (``config.score``) with the ground-truth category's at its true pose (mean shape, then own shape).
   ``rank_init``/``rank_final`` are the true category's rank after the grid and after refinement,
   ``margin`` its score minus the best other category's.
 * **segmentation ceiling**: amodal IoU of the mean-code silhouette at the ground-truth pose, of the
@@ -52,6 +51,8 @@ __all__ = ["pose_error_deg", "score_at_pose", "silhouette", "diagnose_batch", "d
            "markdown", "rule_table", "add_parser", "run"]
 
 POSE_OK_DEG = 30.0
+#: textures are average-pooled to this size for the per-pixel maxima of the vote and the clutter shares
+VOTE_TEXTURE_SIZE = 32
 
 
 def pose_error_deg(gt, pred) -> float:
@@ -174,7 +175,7 @@ def diagnose_batch(features, textures: dict, meshes: dict, background, truths: l
     h, w = features.shape[-2:]
     with torch.no_grad():
         bgmap = background_map(features.float(), bg.float())
-        smaps = category_maps(features.float(), textures, config.vote_texture_size)  # (B, C, h, w)
+        smaps = category_maps(features.float(), textures, VOTE_TEXTURE_SIZE)  # (B, C, h, w)
         votes = vote_scores(smaps, bgmap)
     mean_mesh = {c: _mesh_parts(meshes[c], False)[0] for c in cats}
     out = []
@@ -316,6 +317,8 @@ def _group(records) -> dict:
     share = lambda rs, key, val: sum(r[key] == val for r in rs) / n  # noqa: E731 -- share of all images
     out = {"n": n, "cls_acc": sum(r["correct"] for r in records) / n,
            "acc_pi6": sum(r["pose_kind"] == "ok" for r in records) / n,
+           "acc_pi18": sum(r["pose_error_deg"] < 10 for r in records) / n,
+           "median_deg": float(np.median([r["pose_error_deg"] for r in records])),
            "cls_search": share(wrong_cls, "class_failure", "search"), "cls_shape": share(wrong_cls, "class_failure", "shape"),
            "cls_score": share(wrong_cls, "class_failure", "score"),
            "in_top3_init": sum(r["rank_init"] <= 3 for r in records) / n,
@@ -343,7 +346,8 @@ def _group(records) -> dict:
 def summarize(records) -> dict:
     """``{"levels": {level: group}, "per_category": {cat: {level: group}}}`` (levels as strings); a group
     holds shares of all its images: ``cls_acc``, ``cls_search/shape/score`` (wrong class, by failure
-    label), ``in_top3_init``, ``rank1_vote``, ``acc_pi6``, ``pose_search/shape/score``, ``pose_flip/quarter``,
+    label), ``in_top3_init``, ``rank1_vote``, ``acc_pi6``, ``acc_pi18``, ``median_deg`` (degrees),
+    ``pose_search/shape/score``, ``pose_flip/quarter``,
     ``miou``, the ceilings ``iou_gt_mean/own/latent``, ``bg_explained``, ``fg_own/other/background``, the top
     clutter winners, and the categories predicted instead."""
     if not records:
@@ -357,7 +361,8 @@ def summarize(records) -> dict:
 
 _COLUMNS = [("n", "n", "{:d}"), ("cls_acc", "class", "{:.2f}"), ("cls_search", "cls✗ search", "{:.2f}"),
             ("cls_shape", "cls✗ shape", "{:.2f}"), ("cls_score", "cls✗ score", "{:.2f}"), ("in_top3_init", "top-3 init", "{:.2f}"),
-            ("rank1_vote", "vote top-1", "{:.2f}"), ("acc_pi6", "Acc@π/6", "{:.2f}"), ("pose_search", "pose✗ search", "{:.2f}"),
+            ("rank1_vote", "vote top-1", "{:.2f}"), ("acc_pi6", "Acc@π/6", "{:.2f}"), ("acc_pi18", "Acc@π/18", "{:.2f}"),
+            ("median_deg", "median°", "{:.1f}"), ("pose_search", "pose✗ search", "{:.2f}"),
             ("pose_shape", "pose✗ shape", "{:.2f}"), ("pose_score", "pose✗ score", "{:.2f}"), ("pose_flip", "flip", "{:.2f}"),
             ("pose_quarter", "90°", "{:.2f}"), ("miou", "mIoU", "{:.2f}"), ("iou_gt_mean", "IoU mean@gt", "{:.2f}"),
             ("iou_gt_own", "IoU own@gt", "{:.2f}"), ("iou_gt_latent", "IoU fit@gt", "{:.2f}"), ("bg_explained", "bg→object", "{:.2f}"),
@@ -439,7 +444,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--per-category", type=int, help="first N images per category and level (default all)")
     p.add_argument("--center", choices=["known", "search"], default="known", help="object centre (default known)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="an InferenceConfig field, value as JSON (e.g. top_k=12, classify='\"vote\"'); repeatable")
+                   help="an InferenceConfig field, value as JSON (e.g. top_k=12, background_centroids=null); repeatable")
     p.add_argument("--rules", action="store_true", help="also score the class rules of RULES offline (OUT/rules.md)")
     p.add_argument("--latent-steps", type=int, default=0, help="Adam steps of the latent-fit IoU ceiling (default 0: off)")
     p.add_argument("--batch-size", type=int, default=8, help="images per inference call (default 8)")

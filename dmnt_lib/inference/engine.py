@@ -2,11 +2,10 @@
 
 Pipeline per batch: (1) background map ``b``; (2) per category, the init grid's fragments (cached, see
 ``grid.py``), the centre (known, or searched as a 2D shift by correlation), grid scores without
-gradients; (3) the ``top_k`` categories by init score, or by the pose-free vote with ``config.classify="vote"``
-(plus any ``include``\\ d ones), get ``hypotheses`` poses each (NMS over rotation), refined by Adam in one
-batch (``refine.py``); (4) category = argmax of the refined class scores (``config.score``; poses are fitted
-with ``config.fit_score``), or the top vote; (5) the fitted mesh rendered at image resolution gives the
-amodal mask and, with ``o > b`` there, the visible mask.
+gradients; (3) the ``top_k`` categories by init score (plus any ``include``\\ d ones) get ``hypotheses``
+poses each (NMS over rotation), refined by Adam in one batch (``refine.py``); (4) category = argmax of the
+refined class scores (``config.score``; poses are fitted with ``config.fit_score``); (5) the fitted mesh
+rendered at image resolution gives the amodal mask and, with ``o > b`` there, the visible mask.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from .grid import (GRID_CACHE, GridCache, focal_key, grid_scores, known_offsets,
 from .raster import fragments
 from .refine import Hypotheses, _mesh_parts, refine
 from .score import background_map, combine, object_map, uv_terms
-from .vote import category_maps, vote_scores
 
 __all__ = ["Prediction", "render_and_compare", "validate_inputs"]
 
@@ -40,15 +38,11 @@ class Prediction:
         category, azimuth, elevation, theta, distance, principal: the best refined hypothesis.
         score: its score; ``scores``: category → score (refined for the refined categories, else the
             init grid score); ``refined``: the categories that were refined; ``init_scores``: category →
-            its best grid score (``config.score`` at its grid hypotheses); ``votes``: category → its pose-free
-            vote (``vote.py``) when ``config.classify == "vote"``, else empty. The refined categories are the
-            ``top_k`` by ``init_scores`` (``classify="score"``) or by ``votes`` (``"vote"``, which also decides the
-            category: the top vote).
+            its best grid score (``config.score`` at its grid hypotheses): the ``top_k`` of them are refined.
         poses: category → ``{"azimuth", "elevation", "theta", "distance", "principal", "score" (config.score),
             "init_score", "objective" (config.fit_score), "refined"}`` for the best-fitting hypothesis of each
             category; refined ones add ``"scores"`` (both kinds, at the kept pose), ``"init_objective"`` (at the
-            init pose) and ``"final_objective"`` (Adam's last step), and ``"code"`` with ``fit_shape`` (and, for the
-            predicted category with ``cad_shapes``, the chosen code and ``"shape"``: its CAD model's row, -1 the mean).
+            init pose) and ``"final_objective"`` (Adam's last step), and ``"code"`` with ``fit_shape``.
         amodal_mask, visible_mask: ``(H, W)`` bool CPU tensors.
         time_s: seconds for this image (batch time / B, plus the backbone when ``infer`` ran it);
             ``timings``: the same split into ``init``, ``refine``, ``masks`` (and ``backbone``).
@@ -68,7 +62,6 @@ class Prediction:
     poses: dict = field(default_factory=dict)
     refined: tuple = ()
     init_scores: dict = field(default_factory=dict)
-    votes: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     trajectory: list | None = None
 
@@ -233,15 +226,10 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
     picks = {cat: [select_hypotheses(init[cat]["fit"][i], init[cat]["entries"][i].geodesic, config.hypotheses,
                                      math.radians(config.nms_deg)) for i in range(b)] for cat in cats}
     best_init = torch.tensor([[float(init[c]["cls"][i, picks[c][i]].max()) for c in cats] for i in range(b)])  # (B, C)
-    votes = None
-    if config.classify == "vote":
-        with torch.no_grad():
-            votes = vote_scores(category_maps(features, textures, config.vote_texture_size), bgmap)  # (B, C)
-    rank = best_init if votes is None else votes
     chosen, topk = [], []  # refined categories; the top-k among them (only these compete for the class)
     hyps: dict[str, dict[str, list]] = {}
     for i in range(b):
-        order = torch.argsort(rank[i], descending=True).tolist()
+        order = torch.argsort(best_init[i], descending=True).tolist()
         sel = [cats[j] for j in order[: config.top_k]]
         topk.append(list(sel))
         inc = [] if include is None or include[i] is None else [include[i]] if isinstance(include[i], str) else list(include[i])
@@ -272,7 +260,7 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
     feats = features.float()
     res = refine(feats, bgmap.float(), bg.float(), {c: textures[c].float() for c in hyp_objs}, meshes, hyp_objs,
                  (h, w), cfg, record=record)
-    t_refine = t_refine_main = time.perf_counter() - t0
+    t_refine = time.perf_counter() - t0
 
     # ---- per image: best hypothesis per category and the prediction ----
     t0 = time.perf_counter()
@@ -299,12 +287,8 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
             scores[cat] = poses[cat]["score"]
         refined = [c for c in cats if c in chosen[i]]
         # `include`d categories never enter the classification
-        best = topk[i][0] if votes is not None else max(topk[i], key=lambda c: scores[c])
+        best = max(topk[i], key=lambda c: scores[c])
         per_image.append((poses, scores, refined, best))
-    if config.cad_shapes:
-        t1 = time.perf_counter()
-        _refine_shapes(feats, bgmap.float(), bg.float(), textures, meshes, per_image, focal_f, stride, (h, w), cfg)
-        t_refine += time.perf_counter() - t1
 
     # ---- masks ----
     preds = []
@@ -323,9 +307,8 @@ def render_and_compare(features: torch.Tensor, textures: dict, meshes: dict, bac
                                 distance=pb["distance"], principal=pb["principal"], score=pb["score"], scores=scores,
                                 amodal_mask=amodal, visible_mask=visible, time_s=0.0, poses=poses,
                                 refined=tuple(refined), init_scores={c: float(best_init[i, j]) for j, c in enumerate(cats)},
-                                votes={c: float(votes[i, j]) for j, c in enumerate(cats)} if votes is not None else {},
                                 trajectory=traj))
-    t_masks = time.perf_counter() - t0 - (t_refine - t_refine_main)
+    t_masks = time.perf_counter() - t0
     per = {"init": t_init / b, "refine": t_refine / b, "masks": t_masks / b}
     for p in preds:
         p.timings = dict(per)
@@ -369,47 +352,6 @@ def _refined_pose(r, j: int, stride: int, config) -> dict:
             "distance": float(r.distance[j]), "principal": tuple(float(x) * stride for x in r.principal[j]),
             "score": float(r.scores[config.score][j]), "scores": {k: float(v[j]) for k, v in r.scores.items()},
             "objective": float(r.objective[j]), "refined": True, "code": r.code[j] if r.code is not None else None}
-
-
-def _refine_shapes(feats, bgmap, background, textures, meshes, per_image, focal_f, stride, hw, cfg) -> None:
-    """``config.cad_shapes``: the predicted category's fitted pose is refined again once per candidate shape (the mean
-    code and every CAD model's code of its ``DeformableMesh``), all images and candidates in one batch, and the best
-    fit objective wins: its pose, code and ``"shape"`` (the CAD model's row, -1 the mean) replace the prediction's.
-    A shape fitted at a pose fitted for another shape would be judged where that shape was misplaced, so the pose
-    moves with each candidate. Updates ``per_image``'s pose and score dicts in place."""
-    hyps, owners = {}, {}
-    for i, (poses, _, _, best) in enumerate(per_image):
-        mesh = meshes[best]
-        if not isinstance(mesh, DeformableMesh) or not poses[best]["refined"]:
-            continue
-        codes = torch.cat([mesh.mean_code()[None], mesh.latents.detach()])
-        n = len(codes)
-        pb = poses[best]
-        row = {"image": torch.full((n,), i), "code": codes, "focal": torch.full((n,), float(focal_f[i])),
-               "principal": (torch.tensor(pb["principal"], dtype=torch.float32) / stride).expand(n, 2),
-               **{k: torch.full((n,), float(pb[k])) for k in ("azimuth", "elevation", "theta", "distance")}}
-        h = hyps.setdefault(best, {k: [] for k in row})
-        for k, v in row.items():
-            h[k].append(v)
-        owners.setdefault(best, []).append((i, n))
-    if not hyps:
-        return
-    hyp_objs = {c: Hypotheses(**{k: torch.cat(v) for k, v in h.items()}) for c, h in hyps.items()}
-    res = refine(feats, bgmap, background, {c: textures[c].float() for c in hyp_objs}, meshes, hyp_objs, hw,
-                 cfg.replace(refine_principal=False))
-    for c, r in res.items():
-        start = 0
-        for i, n in owners[c]:
-            j = start + int(r.objective[start: start + n].argmax())
-            poses, scores = per_image[i][0], per_image[i][1]
-            if float(r.objective[j]) > poses[c]["objective"]:  # never worse than the mean-shape fit
-                row = poses[c].get("_row")
-                poses[c].update(_refined_pose(r, j, stride, cfg), shape=j - start - 1)
-                poses[c]["_row"] = row
-                scores[c] = poses[c]["score"]
-            else:
-                poses[c]["shape"] = -1
-            start += n
 
 
 def _masks(feat, bg, texture, mesh, pose, focal, hw, stride, config):

@@ -3,13 +3,14 @@
 The model provides (docs/design.md §8) ``features(images) -> (B, D, H/s, W/s)``
 unit features, ``stride``, ``categories``, ``texture(category) -> (D, S, S)``, the background bank
 (``bank.features (K, D)`` or ``bank.mean()``), ``mesh(category)`` (the mean-code shape) and
-``deformable(category)`` (used when ``config.fit_shape`` or ``config.cad_shapes``).
+``deformable(category)`` (used when ``config.fit_shape``).
 """
 
 from __future__ import annotations
 
 import copy
 import time
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,8 @@ __all__ = ["infer", "model_background", "model_inputs"]
 
 def model_background(model, centroids: int | None = None) -> torch.Tensor:
     """Background features of a model ``(K, D)``: the normalized bank mean (``K = 1``, docs/design.md §9),
-    or, with ``centroids``, that many k-means centroids of the bank's features (seeded)."""
+    or, with ``centroids``, that many spherical k-means centroids of the bank's features (seeded; 10 rounds;
+    at most one per bank feature). ``InferenceConfig.background_centroids`` (default 128) chooses."""
     bank = model.bank
     feats = getattr(bank, "features", None)
     if callable(feats):
@@ -33,11 +35,11 @@ def model_background(model, centroids: int | None = None) -> torch.Tensor:
     x = F.normalize(torch.as_tensor(feats).float(), dim=1)
     g = torch.Generator().manual_seed(0)
     c = x[torch.randperm(len(x), generator=g)[:centroids]].clone()
-    for _ in range(10):  # spherical k-means
+    for _ in range(10):  # spherical k-means; a centroid that loses all its members stays where it is
         assign = (x @ c.t()).argmax(1)
-        for k in range(len(c)):
-            if (assign == k).any():
-                c[k] = F.normalize(x[assign == k].mean(0), dim=0)
+        sums = torch.zeros_like(c).index_add_(0, assign, x)
+        filled = torch.bincount(assign, minlength=len(c)) > 0
+        c = torch.where(filled[:, None], F.normalize(sums, dim=1), c)
     return c
 
 
@@ -49,14 +51,31 @@ def model_inputs(model, config: InferenceConfig, categories=None):
         raise ValueError(f"categories {unknown} are not in the model (it has {list(model.categories)})")
     # The engine runs on the CPU (Embree); a model on a GPU lends CPU copies.
     textures = {c: model.texture(c).detach().float().cpu() for c in cats}
-    if config.fit_shape or config.cad_shapes:
+    if config.fit_shape:
         meshes = {}
         for c in cats:
             dm = model.deformable(c)
             meshes[c] = dm if next(dm.parameters()).device.type == "cpu" else copy.deepcopy(dm).cpu()
     else:
         meshes = {c: model.mesh(c).to("cpu") for c in cats}
-    return textures, meshes, model_background(model, config.background_centroids).cpu()
+    return textures, meshes, _cached_background(model, config.background_centroids).cpu()
+
+
+#: bank -> {(centroids, memory version, device): (K, D)}; the bank does not change during inference, so the
+#: k-means runs once per model and K, not once per batch (the evaluation calls ``infer`` per batch of images).
+_BACKGROUNDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _cached_background(model, centroids):
+    memory = getattr(model.bank, "memory", None)
+    if not isinstance(model.bank, torch.nn.Module) or memory is None:
+        return model_background(model, centroids)
+    key = (centroids, memory._version, int(getattr(model.bank, "ptr", 0)), memory.data_ptr())
+    per_bank = _BACKGROUNDS.setdefault(model.bank, {})
+    if key not in per_bank:
+        per_bank.clear()
+        per_bank[key] = model_background(model, centroids)
+    return per_bank[key]
 
 
 def infer(model, images: torch.Tensor, focal, principal=None, center: str = "known", config: InferenceConfig | None = None,

@@ -33,9 +33,7 @@ __all__ = ["Hypotheses", "RefineResult", "refine"]
 @dataclass
 class Hypotheses:
     """Hypotheses of one category: ``image (P,)`` int64 image index, ``azimuth, elevation, theta, distance (P,)``,
-    ``principal (P, 2)`` feature pixels ``(x, y)``, ``focal (P,)`` feature pixels; optional ``code (P, Z)``: a shape
-    code per hypothesis of the category's ``DeformableMesh`` (kept fixed unless ``config.fit_shape``), instead of
-    its mean code."""
+    ``principal (P, 2)`` feature pixels ``(x, y)``, ``focal (P,)`` feature pixels."""
 
     image: torch.Tensor
     azimuth: torch.Tensor
@@ -44,7 +42,6 @@ class Hypotheses:
     distance: torch.Tensor
     principal: torch.Tensor
     focal: torch.Tensor
-    code: torch.Tensor | None = None
 
 
 @dataclass
@@ -134,15 +131,7 @@ def refine(features, bgmap, background, textures: dict, meshes: dict, hyps: dict
             "code": None,
         }
         trainable = ["azimuth", "elevation", "theta", "logd"] + (["shift"] if refine_pp else [])
-        if hy.code is not None:  # a given shape per hypothesis (trained only with fit_shape)
-            if not isinstance(meshes[cat], DeformableMesh):
-                raise ValueError(f"hypotheses of {cat!r} carry shape codes, but its mesh is not a DeformableMesh")
-            mesh, deformable = meshes[cat].template, meshes[cat]
-            code0 = hy.code.detach().float()
-            p["code"] = code0.clone().requires_grad_(config.fit_shape)
-            if config.fit_shape:
-                trainable.append("code")
-        elif deformable is not None:
+        if deformable is not None:
             p["code"] = code0[None].expand(len(hy.image), -1).clone().requires_grad_(True)
             trainable.append("code")
         leaves += [p[k] for k in trainable if k != "shift"]

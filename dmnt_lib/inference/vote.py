@@ -14,8 +14,10 @@ the whole feature map,
 
 Unlike the render-and-compare score it needs no pose, no mesh and no mask, so it cannot prefer a
 category because its mean-shape silhouette happens to sit on a few confident pixels, and a thin object
-votes with exactly the pixels it covers. It is what ``InferenceConfig.classify="vote"`` uses, and the
-diagnostics (``diagnose.py``) use ``s_c`` to ask which category explains the clutter.
+votes with exactly the pixels it covers. The diagnostics (``diagnose.py``) use ``s_c`` to ask which category
+explains the clutter and score the vote as a class rule offline (``diagnose --rules``); measured on the
+validation set it classifies worse than the render-and-compare score (docs/experiments.md E1-E3), so
+inference does not use it.
 """
 
 from __future__ import annotations

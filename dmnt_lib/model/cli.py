@@ -39,6 +39,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, help="torch CPU threads")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any TrainConfig or ModelConfig field, e.g. --set lr=3e-4 --set texture_size=64")
+    p.add_argument("--val-data", type=Path, help="held-out images for the final correspondence check (e.g. a validation "
+                   "set, data --seed 2); then every image of --data trains (default: val_per_category held out of --data)")
+    p.add_argument("--weights", help="the backbone's initial weights: a torchvision weights name (e.g. "
+                   "ResNet50_Weights.IMAGENET1K_V2, downloaded by torchvision) or a local state-dict file; default from scratch")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
     return p
@@ -135,7 +139,7 @@ def run(args) -> int:
     try:
         config, model_config = configs_from_args(args)
         result = train(args.data, args.deform, args.out, config, model_config, device=args.device, resume=args.resume,
-                       progress=not args.no_progress, echo=tqdm.write)
+                       progress=not args.no_progress, echo=tqdm.write, weights=args.weights, val_data=args.val_data)
     except (FileNotFoundError, FileExistsError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

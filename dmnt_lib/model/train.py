@@ -467,11 +467,11 @@ def final_line(trained: dict, untrained: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- data
-def split_indices(dataset, categories, config: TrainConfig) -> tuple[list[int], list[int]]:
+def split_indices(dataset, categories, config: TrainConfig, need_train: bool = True) -> tuple[list[int], list[int]]:
     """Seeded per-category split: ``val_per_category`` held out, then at most ``per_category`` for training.
 
     Raises:
-        ValueError: a category has no image left for training.
+        ValueError: a category has no image left for training (unless ``need_train=False``: a held-out set).
     """
     train_idx, val_idx = [], []
     by_cat = {c: [] for c in categories}
@@ -483,7 +483,7 @@ def split_indices(dataset, categories, config: TrainConfig) -> tuple[list[int], 
         perm = torch.randperm(len(idx), generator=_generator(config.seed, 3, ci)).tolist()
         idx = [idx[p] for p in perm]
         val, rest = idx[: config.val_per_category], idx[config.val_per_category:]
-        if not rest:
+        if not rest and need_train:
             raise ValueError(f"category {c!r} has {len(idx)} images: none left for training after holding out "
                              f"val_per_category={config.val_per_category}")
         train_idx += rest[: config.per_category] if config.per_category else rest
@@ -513,7 +513,8 @@ def _check_resume(saved: dict, config: TrainConfig, model_config: ModelConfig, m
 
 
 def train(data, deform, out, config: TrainConfig = TrainConfig(), model_config: ModelConfig = ModelConfig(), *,
-          device: str = "cpu", resume: bool = False, progress: bool = True, echo=print, evaluate: bool = True) -> dict:
+          device: str = "cpu", resume: bool = False, progress: bool = True, echo=print, evaluate: bool = True,
+          weights=None, val_data=None) -> dict:
     """Train (or resume) a DMNT; see the module docstring. Writes, on rank 0, into ``out``:
     ``checkpoint.pt`` (model + optimizer + history, after every epoch), ``log.jsonl`` (one line
     per step: epoch, step, loss, images, seconds), ``model.pt`` (the final model), ``eval.json``.
@@ -524,6 +525,12 @@ def train(data, deform, out, config: TrainConfig = TrainConfig(), model_config: 
         out: run folder. resume: continue from ``out/checkpoint.pt`` (required if it exists).
         echo: where progress lines and the final line go (rank 0 only).
         evaluate: run the held-out evaluation at the end.
+        val_data: a folder of held-out images for the final correspondence check (its first
+            ``val_per_category`` L0 images per category, e.g. a validation set ``data --seed 2``); then every image
+            of ``data`` trains (up to ``per_category``). ``None``: ``val_per_category`` images of ``data`` are held out.
+        weights: the backbone's initial weights (``FeatureNet``'s ``weights``: a torchvision weights name, e.g.
+            ``ResNet50_Weights.IMAGENET1K_V2``, or a local state-dict file); ``None``: from scratch. Only a new run
+            uses them (a resumed one continues from its checkpoint).
 
     Returns:
         ``{"history", "trained", "untrained", "line", "seconds", "images_per_s", "timings"}``.
@@ -557,12 +564,20 @@ def train(data, deform, out, config: TrainConfig = TrainConfig(), model_config: 
     else:
         deformables, names = load_deformables(deform, categories)
         _check_cad_models(data, categories, names)
-        model = DMNT(categories, deformables, names, model_config).to(device)
+        model = DMNT(categories, deformables, names, model_config, weights=weights).to(device)
         extra = None
     h, w = dataset[0]["image"].shape[-2:]
     if h % model.stride or w % model.stride:
         raise ValueError(f"image size {(h, w)} is not divisible by the stride {model.stride}")
-    train_idx, val_idx = split_indices(dataset, categories, config)
+    if val_data is not None:
+        if not Path(val_data).is_dir():
+            raise FileNotFoundError(f"val_data folder not found: {val_data}")
+        val_set = PoseDataset(Path(val_data), categories=categories, levels=(0,))
+        train_idx, _ = split_indices(dataset, categories, dataclasses.replace(config, val_per_category=0))
+        _, val_idx = split_indices(val_set, categories, config, need_train=False)
+    else:
+        val_set = dataset
+        train_idx, val_idx = split_indices(dataset, categories, config)
     if len(train_idx) < config.batch_size:
         raise ValueError(f"only {len(train_idx)} training images for batch_size {config.batch_size}")
     optimizer = torch.optim.Adam(model.backbone.parameters(), lr=config.lr)
@@ -620,10 +635,12 @@ def train(data, deform, out, config: TrainConfig = TrainConfig(), model_config: 
     if rank0:
         model.save(out / "model.pt")
         if evaluate and val_idx:
-            trained = evaluate_correspondence(model, dataset, val_idx, frags, config, device=device)
+            vfrags = frags if val_set is dataset else FragmentCache()  # fragments are cached by index
+            trained = evaluate_correspondence(model, val_set, val_idx, vfrags, config, device=device)
             with torch.random.fork_rng(devices=[]):
                 fresh = DMNT(model.categories, {c: model.deformable(c) for c in model.categories}, model.cad_names, model.config).to(device)
-            untrained = evaluate_correspondence(fresh, dataset, val_idx, frags, config, candidates=model.textures.seen > 0, device=device)
+            untrained = evaluate_correspondence(fresh, val_set, val_idx, vfrags, config, candidates=model.textures.seen > 0,
+                                                device=device)
             line = final_line(trained, untrained)
             atomic_write_text(out / "eval.json", json.dumps({"trained": trained, "untrained": untrained, "line": line,
                                                              "train_seconds": seconds, "val_images": len(val_idx)}, indent=1))

@@ -557,15 +557,6 @@ def _opt(name: str, value) -> list[str]:
     return [] if value is None else [name, str(value)]
 
 
-def _train_has_weights() -> bool:
-    """Whether ``python -m dmnt_lib train`` takes ``--weights`` (DMNT's backbone from ImageNet weights)."""
-    from ..__main__ import build_parser
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command").choices
-    return "train" in sub and "--weights" in sub["train"]._option_string_actions
-
-
 def build_pascal3d_stages(out, config: dict, pascal3d, figures_dir=None, device: str = "cpu", log=print) -> list[Stage]:
     """The stages of the real-data run (module docstring) for a PASCAL3D+ preset ``config`` (see
     ``PASCAL3D_PRESETS``) on ``pascal3d`` (the ``--pascal3d`` folder, or a ``Found``), writing under ``out``.
@@ -581,10 +572,7 @@ def build_pascal3d_stages(out, config: dict, pascal3d, figures_dir=None, device:
     levels = list(config["evaluate"]["levels"])
     train_dir, test_dir = out / "data" / "train", out / "data" / "test"
     deform_dir, dmnt_dir, base_dir = out / "deform", out / "dmnt", out / "baseline"
-    weights = config.get("weights")
-    if weights is not None and not _train_has_weights():
-        raise ValueError("--set weights: DMNT's `train` command has no --weights option yet, and giving ImageNet weights to "
-                         "the baseline alone would make the comparison unfair; leave weights null (both from scratch)")
+    weights = config.get("weights")  # both backbones or neither
     stages: list[Stage] = []
 
     def data_stage(name, folder, parts, section):
