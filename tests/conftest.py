@@ -33,7 +33,7 @@ def tiny_run(tmp_path_factory):
                           silhouette_batch=0, checkpoint_every=4)
     for c in cats:
         fit_category(load_cad_models(root / "train", c), cfg, checkpoint=root / "deform" / f"{c}.pt", category=c, progress=False)
-    tcfg = TrainConfig(epochs=2, batch_size=4, lr=2e-3, val_per_category=1, positives=150, com=150, com_min_distance=4.0,
+    tcfg = TrainConfig(epochs=2, batch_size=4, lr=2e-3, val_per_category=1, positives=150, com=150, com_min_distance=16.0,
                        class_negatives=30, bg=100, bank_push=16, eval_texels=150)
     train(root / "train", root / "deform", root / "run", tcfg, model_mod.ModelConfig(dim=16, texture_size=32, bank_size=256),
           progress=False, echo=lambda *_: None, evaluate=False)

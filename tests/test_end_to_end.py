@@ -47,27 +47,33 @@ def test_reproduce_tiny_end_to_end(capsys):
     shutil.rmtree(out, ignore_errors=True)
     assert main(["reproduce", "--preset", "tiny", "--out", str(out), "--figures", str(figs)]) == 0
     log = capsys.readouterr().out
-    assert sum(line.startswith("[") and "running" in line for line in log.splitlines()) == 8
+    assert sum(line.startswith("[") and "running" in line for line in log.splitlines()) == 10
     assert "re-ran" not in log  # evaluate stored each shown image's pose and mask: no second inference
     keys = {"n", "acc_pi6", "acc_pi18", "median_deg", "cls_acc", "miou", "acc_pi6_pred_cls", "n_undetected"}
+    found = {}
     for run in ("dmnt", "baseline"):
-        (res_path,) = (out / run / "eval").glob("*/results.json")
-        res = json.loads(res_path.read_text())
-        assert {"method", "config", "levels"} <= set(res) and sorted(res["levels"]) == ["0", "1", "2", "3"]
-        for level, row in res["levels"].items():
-            assert keys <= set(row), (run, level, keys - set(row))
-            assert row["n"] == 2  # tiny: 2 categories x 1 image per level
+        for res_path in (out / run / "eval").glob("*/results.json"):
+            res = json.loads(res_path.read_text())
+            assert {"method", "config", "levels"} <= set(res) and sorted(res["levels"]) == ["0", "1", "2", "3"]
+            for level, row in res["levels"].items():
+                assert keys <= set(row), (run, level, keys - set(row))
+                assert row["n"] == 2  # tiny: 2 categories x 1 image per level
+            found[(run, res.get("config", {}).get("center", "-"))] = res_path.parent.name
+    # DMNT evaluated with the centre given and searched, the baseline once
+    assert set(found) == {("dmnt", "known"), ("dmnt", "search"), ("baseline", "-")}, found
     from dmnt_lib.reproduce.stages import finished_eval_name
 
-    assert finished_eval_name(out) == res_path.parent.name  # what notebook 07 reads: this evaluation
+    assert finished_eval_name(out) == found[("dmnt", "known")]  # what notebook 07 reads: this evaluation
+    table = (figs / "results.md").read_text()
+    assert "| L0 | DMNT, centre given |" in table and "| L0 | DMNT, centre searched |" in table
     assert finished_eval_name(out / "nowhere") is None
     for f in FIGURE_FILES + ["training_loss.png"]:  # Fig. 3 from the trained model too
         assert (figs / f).stat().st_size > 0, f
     summary = json.loads((out / "summary.json").read_text())
-    assert [r["status"] for r in summary["stages"]] == ["ran"] * 8
+    assert [r["status"] for r in summary["stages"]] == ["ran"] * 10
     # A second run on complete outputs does no work: every stage skipped, no file touched.
     before = {p: p.stat().st_mtime_ns for p in list(out.rglob("*")) + list(figs.rglob("*")) if "summary" not in p.name}
     assert main(["reproduce", "--preset", "tiny", "--out", str(out), "--figures", str(figs)]) == 0
-    assert [r["status"] for r in json.loads((out / "summary.json").read_text())["stages"]] == ["skipped"] * 8
+    assert [r["status"] for r in json.loads((out / "summary.json").read_text())["stages"]] == ["skipped"] * 10
     after = {p: p.stat().st_mtime_ns for p in list(out.rglob("*")) + list(figs.rglob("*")) if "summary" not in p.name}
     assert after == before

@@ -12,7 +12,7 @@ from dmnt_lib.camera import pose_to_cameras, pose_to_rotation, rotation_error
 from dmnt_lib.figures import paper
 from dmnt_lib.figures.records import (
     Record, decode_mask, encode_mask, failure_cases, failure_kinds, load_records, normalize,
-    pick_per_category, select_failures,
+    pick_per_category, pick_successes, select_failures,
 )
 from dmnt_lib.render import render_mask
 
@@ -147,6 +147,18 @@ def test_pick_per_category_is_smallest_id_per_level():
             _rec(2, "bus", 0, "bus", 1, 1)]
     assert [r.id for r in pick_per_category(recs, 0)] == ["bus_2", "car_1"]
     assert [r.id for r in pick_per_category(recs, 0, ["car", "boat", "bus"])] == ["car_1", "bus_2"]
+
+
+def test_pick_successes_is_the_best_correct_prediction_else_the_first_image():
+    recs = [_rec(1, "car", 0, "car", 12, 0.70), _rec(2, "car", 0, "car", 5, 0.90), _rec(3, "car", 0, "bus", 2, 0.95),
+            _rec(4, "car", 0, "car", 40, 0.99), _rec(5, "bus", 0, "car", 5, 0.9), _rec(6, "bus", 0, "bus", 31, 0.8),
+            _rec(7, "car", 1, "car", 5, 0.5)]
+    picked = pick_successes(recs, 0)
+    # car: the right class within 30° with the highest IoU (not the wrong class at 0.95, not the 40° one at 0.99);
+    # bus: no success, so its first image, as pick_per_category would
+    assert [r.id for r in picked] == ["bus_5", "car_2"]
+    assert [r.id for r in pick_successes(recs, 1)] == ["car_7"]
+    assert pick_successes(recs, 2) == []
 
 
 # --------------------------------------------------------------------------- drawing

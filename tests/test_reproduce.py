@@ -126,9 +126,9 @@ def test_every_stage_command_line_is_accepted(name, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(real_stages, "cli_call", lambda argv: calls.append([str(a) for a in argv]))
     stages = real_stages.build_stages(tmp_path, real_stages.preset(name))
-    assert [s.name for s in stages] == ["data-train", "data-test", "deform", "train", "baseline", "evaluate-dmnt",
-                                        "evaluate-baseline", "figures"]
-    for s in stages[:7]:
+    assert [s.name for s in stages] == ["data-train", "data-test", "data-val", "deform", "train", "baseline", "evaluate-dmnt",
+                                        "evaluate-dmnt-search", "evaluate-baseline", "figures"]
+    for s in stages[:9]:
         s.run()
     parser = build_parser()
     registered = set(next(a for a in parser._actions if a.dest == "command").choices)
@@ -137,7 +137,13 @@ def test_every_stage_command_line_is_accepted(name, tmp_path, monkeypatch):
         if argv[0] in registered:
             parser.parse_args(argv)  # SystemExit(2) on an unknown or malformed option
             checked += 1
-    assert checked == 7  # data (x2), deform, train, baseline train, evaluate (x2)
+    assert checked == 9  # data (x3), deform, train, baseline train, evaluate (x3)
+    train = next(c for c in calls if c[0] == "train")
+    assert train[train.index("--val-data") + 1] == str(tmp_path / "data" / "val")  # DMNT holds out no training image
+    centers = [c[c.index("--center") + 1] for c in calls if c[0] == "evaluate"]
+    assert centers == ["known", "search", "known"]
+    base = next(c for c in calls if c[0] == "baseline")
+    assert ("--no-augment" in base) == (real_stages.preset(name)["baseline"].get("augment") is False)
 
 
 def _fake_commands(calls):
@@ -189,11 +195,11 @@ def test_real_stage_graph_refuses_and_redoes_only_what_depends(tmp_path, monkeyp
     monkeypatch.setattr(fig_cli, "make_figures", fake_figures)
     argv = ["reproduce", "--preset", "tiny", "--out", str(tmp_path / "run")]
     assert main(argv + ["--dry-run"]) == 0
-    assert capsys.readouterr().out.count("run: not finished") == 8
+    assert capsys.readouterr().out.count("run: not finished") == 10
     assert main(argv) == 0
-    assert calls == ["data", "data", "deform", "train", "baseline", "evaluate", "evaluate", "figures"]
+    assert calls == ["data", "data", "data", "deform", "train", "baseline", "evaluate", "evaluate", "evaluate", "figures"]
     out = capsys.readouterr().out
-    assert sum(line.startswith("[") for line in out.splitlines()) == 8 and "| train | ran |" in out
+    assert sum(line.startswith("[") for line in out.splitlines()) == 10 and "| train | ran |" in out
     calls.clear()
     argv += ["--set", "train.epochs=3"]
     assert main(argv) == 3
@@ -201,10 +207,10 @@ def test_real_stage_graph_refuses_and_redoes_only_what_depends(tmp_path, monkeyp
     assert "train: epochs: 1 -> 3" in err and "--redo" in err and calls == []
     assert main(argv + ["--set", "nope=1"]) == 2 and "unknown preset field" in capsys.readouterr().err
     assert main(argv + ["--redo"]) == 0
-    # Only the DMNT branch reruns: train, its evaluation, the figures; data, deform and the baseline are kept.
-    assert calls == ["train", "evaluate", "figures"]
+    # Only the DMNT branch reruns: train, its two evaluations, the figures; data, deform and the baseline are kept.
+    assert calls == ["train", "evaluate", "evaluate", "figures"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert [r["status"] for r in summary["stages"]] == ["skipped"] * 3 + ["ran", "skipped", "ran", "skipped", "ran"]
+    assert [r["status"] for r in summary["stages"]] == ["skipped"] * 4 + ["ran", "skipped", "ran", "ran", "skipped", "ran"]
     # Another figures folder (notebook 07 draws into RUN/figures, `make demo` into figures/) is drawn
     # there, without a refusal and without touching the evaluations; back to the first is a redraw too.
     calls.clear()
@@ -300,8 +306,8 @@ def test_every_preset_passes_its_own_check():
 def test_device_reaches_every_stage_that_computes(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(real_stages, "cli_call", lambda argv: calls.append([str(a) for a in argv]))
-    for s in real_stages.build_stages(tmp_path, real_stages.preset("tiny"), device="cuda:1")[2:7]:
+    for s in real_stages.build_stages(tmp_path, real_stages.preset("tiny"), device="cuda:1")[3:9]:
         s.run()
-    assert [c[0] for c in calls] == ["deform", "train", "baseline", "evaluate", "evaluate"]
+    assert [c[0] for c in calls] == ["deform", "train", "baseline", "evaluate", "evaluate", "evaluate"]
     for argv in calls:
         assert argv[argv.index("--device") + 1] == "cuda:1", argv

@@ -20,9 +20,10 @@ CATS = ("car", "chair")
 FINAL = re.compile(r"^texel correspondence@5: trained=(\d\.\d{3}) untrained=(\d\.\d{3}); "
                    r"category match: trained=(\d\.\d{3}) untrained=(\d\.\d{3})$")
 
-# A tiny configuration: 64 px images (16 x 16 features), D = 16, 32 x 32 textures, small sample counts.
+# A tiny configuration: 64 px images (16 x 16 features), D = 16, 32 x 32 textures, small sample counts (Com radius
+# 16 texels of a 128 atlas: 4 at S = 32).
 TINY_MODEL = dict(dim=16, texture_size=32, bank_size=256)
-TINY_TRAIN = dict(batch_size=4, lr=2e-3, val_per_category=2, positives=150, com=150, com_min_distance=4.0,
+TINY_TRAIN = dict(batch_size=4, lr=2e-3, val_per_category=2, positives=150, com=150, com_min_distance=16.0,
                   class_negatives=30, bg=100, bank_push=16, eval_texels=150)
 
 
@@ -231,7 +232,8 @@ def test_com_radius_scales_with_the_atlas():
     cfg = TrainConfig(com_min_distance=20.0, com_reference_size=128)
     assert cfg.com_radius(128) == 20.0 and cfg.com_radius(64) == 10.0 and cfg.com_radius(32) == 5.0
     assert cfg.counts_for(64).com_min_distance == 10.0 and cfg.counts.com_min_distance == 20.0
-    assert TrainConfig(com_min_distance=20.0).com_radius(64) == 20.0  # None: texels as given
+    assert TrainConfig(com_min_distance=20.0, com_reference_size=None).com_radius(64) == 20.0  # None: as given
+    assert TrainConfig().com_radius(64) == 10.0  # the default scales the paper's 20 texels of a 128 atlas
     with pytest.raises(ValueError, match="com_reference_size"):
         TrainConfig(com_reference_size=0)
     with pytest.raises(ValueError, match="flip"):
@@ -271,7 +273,7 @@ def test_clutter_term_reaches_only_clutter_pixels():
 @pytest.mark.slow
 def test_tiny_run_with_every_option_trains(tiny, tmp_path):
     """Flip, jitter, the clutter term and the scaled radius together: the run trains and lowers its loss."""
-    res = _run(tiny, tmp_path / "run", epochs=4, flip=0.5, color_jitter=0.2, w_clutter=0.1, com_reference_size=128,
+    res = _run(tiny, tmp_path / "run", epochs=4, flip=0.5, color_jitter=0.2, w_clutter=0.1, com_reference_size=64,
                com_min_distance=8.0)
     losses = [r["loss"] for r in res["history"]]
     assert all(map(lambda x: x == x, losses)) and sum(losses[-4:]) < sum(losses[:4])

@@ -3,7 +3,7 @@ per-image records ``evaluate`` writes. ``records``: reading them and the selecti
 ``paper``: the figures; ``cli``: ``python -m dmnt_lib figures``."""
 
 from .records import (FAILURE_KINDS, Record, decode_mask, encode_mask, failure_cases, failure_kinds, load_records,
-                      normalize, pick_per_category, select_failures)
+                      normalize, pick_per_category, pick_successes, select_failures)
 
 __all__ = ["FAILURE_KINDS", "Record", "decode_mask", "encode_mask", "failure_cases", "failure_kinds",
-           "load_records", "normalize", "pick_per_category", "select_failures"]
+           "load_records", "normalize", "pick_per_category", "pick_successes", "select_failures"]

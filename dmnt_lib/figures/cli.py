@@ -8,7 +8,7 @@ R-CNN run (written by ``evaluate``) and the test images, and writes into ``--out
 ``fig4_categories.png``           Fig. 4: one L0 image per category
 ``fig5_occluded.png``             Fig. 5: the same objects at L1-L3
 ``fig5_comparison.png``           DMNT beside MT Mask R-CNN on the same occluded images
-``fig6_failures.png``             Fig. 6: failure cases by the rule of ``figures.records``
+``fig6_failures.png``             Fig. 6: failure cases by the rule of ``figures.records``, captioned with their cause (``diagnose``)
 ``results.md``, ``results.png``   the L0-L3 table of both methods; each metric vs level
 ================================  =========================================================
 
@@ -30,6 +30,9 @@ from .records import find_eval
 
 __all__ = ["add_parser", "run", "make_figures", "load_evaluations", "fill_missing", "FIGURE_FILES"]
 
+#: The table's names for DMNT evaluated with the object centre given (``--center known``) and searched, when both are.
+GIVEN, SEARCHED = "DMNT, centre given", "DMNT, centre searched"
+
 FIGURE_FILES = ["fig4_categories.png", "fig5_occluded.png", "fig5_comparison.png", "fig6_failures.png",
                 "results.md", "results.png"]
 
@@ -44,6 +47,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="the test dataset the runs were evaluated on")
     p.add_argument("--out", type=Path, default=Path("figures"), help="output folder (default figures/)")
     p.add_argument("--eval", dest="eval_name", help="which RUN/eval/<name> to read (default: the only one, else the newest)")
+    p.add_argument("--search-eval", dest="search_eval_name",
+                   help="an evaluation of the DMNT run with --center search (RUN/eval/<name>): a table row of its own")
     p.add_argument("--n-failures", type=int, default=4, help="failure cases per kind in Fig. 6 (default 4)")
     p.add_argument("--device", default="cpu", help="device for re-running a predictor when records lack poses/masks")
     p.set_defaults(func=run)
@@ -123,14 +128,16 @@ def load_evaluations(run_dir, data, baseline_dir=None, eval_name=None) -> dict:
 
 
 def make_figures(run_dir, data, out, baseline_dir=None, eval_name=None, n_failures: int = 4, device: str = "cpu",
-                 log=print) -> list[Path]:
-    """Write every figure of the module docstring into ``out``; returns the paths written."""
+                 log=print, search_eval_name=None) -> list[Path]:
+    """Write every figure of the module docstring into ``out``; returns the paths written. ``search_eval_name``:
+    an evaluation of the DMNT run with the object centre searched (``evaluate --center search``), added to the
+    table and the plot as the row "DMNT, centre searched" (the figures show the ``eval_name`` one)."""
     import matplotlib
 
     if "inline" not in matplotlib.get_backend():  # files only: no window, whatever the display
         matplotlib.use("Agg")
     from . import paper
-    from .records import pick_per_category, select_failures
+    from .records import pick_successes, select_failures
 
     out = Path(out)
     ev = load_evaluations(run_dir, data, baseline_dir, eval_name)
@@ -139,7 +146,7 @@ def make_figures(run_dir, data, out, baseline_dir=None, eval_name=None, n_failur
     base = records.get("MT Mask R-CNN")
 
     # The records the figures show (the same deterministic picks the figure functions make).
-    shown = {"DMNT": [r for k in range(4) for r in pick_per_category(dm, k)] + [r for _, r in select_failures(dm, n_failures)]}
+    shown = {"DMNT": [r for k in range(4) for r in pick_successes(dm, k)] + [r for _, r in select_failures(dm, n_failures)]}
     if base is not None:
         pairs = paper.comparison_picks(dm, base)
         shown["DMNT"] += [a for a, _ in pairs]
@@ -154,7 +161,20 @@ def make_figures(run_dir, data, out, baseline_dir=None, eval_name=None, n_failur
     written.append(paper.figure5(dm, images, out / "fig5_occluded.png"))
     if base is not None:
         written.append(paper.comparison_figure(dm, base, images, out / "fig5_comparison.png"))
-    written.append(paper.figure6(dm, images, out / "fig6_failures.png", n_per_kind=n_failures))
+    failures = select_failures(dm, n_failures)
+    causes = {}
+    if (Path(run_dir) / "model.pt").is_file():  # a DMNT run: label each failure with its diagnosis
+        from .predict import diagnose_records, failure_cause
+
+        diags = diagnose_records([r for _, r in failures], run_dir, images, eval_name=eval_name, device=device)
+        causes = {r.key: failure_cause(kind, diags[r.key], diags[r.key]["occlusion_ratio"])
+                  for kind, r in failures if r.key in diags}
+    written.append(paper.figure6(dm, images, out / "fig6_failures.png", n_per_kind=n_failures, causes=causes))
+    if search_eval_name is not None:
+        d = find_eval(run_dir, search_eval_name)
+        results = {GIVEN: results["DMNT"], SEARCHED: json.loads((d / "results.json").read_text()),
+                   **{k: v for k, v in results.items() if k != "DMNT"}}
+        evals = {GIVEN: evals["DMNT"], SEARCHED: d, **{k: v for k, v in evals.items() if k != "DMNT"}}
     md = "# DMNT vs multi-task Mask R-CNN per occlusion level\n\n" + paper.results_markdown(results) + "\n" + \
         "".join(f"- {k}: `{evals[k]}`\n" for k in evals)
     atomic_write_text(out / "results.md", md)
@@ -168,7 +188,8 @@ def run(args) -> int:
         print("error: --n-failures must be >= 1", file=sys.stderr)
         return 2
     try:
-        written = make_figures(args.run, args.data, args.out, args.baseline, args.eval_name, args.n_failures, args.device)
+        written = make_figures(args.run, args.data, args.out, args.baseline, args.eval_name, args.n_failures, args.device,
+                               search_eval_name=args.search_eval_name)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

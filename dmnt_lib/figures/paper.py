@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..viz import save_figure
-from .records import FAILURE_KINDS, Record, pick_per_category, select_failures
+from .records import FAILURE_KINDS, Record, is_success, pick_per_category, pick_successes, select_failures
 
 __all__ = [
     "TestImages", "render_overlay", "draw_panel", "build_figure4", "figure4", "build_figure5", "figure5",
@@ -189,16 +189,19 @@ def _need(records, what: str):
 
 
 def build_figure4(records, images: TestImages, meshes=None, categories=None, ncols: int = 6, name: str = "DMNT"):
-    """Fig. 4: ``pick_per_category(records, level=0)`` as a grid of ``ncols`` columns."""
+    """Fig. 4: ``pick_successes(records, level=0)`` as a grid of ``ncols`` columns: per category the correct
+    prediction (right class, pose within 30°) with the highest IoU, else its lowest-id image."""
     plt = _plt()
-    chosen = pick_per_category(records, 0, categories)
+    chosen = pick_successes(records, 0, categories)
     _need(chosen, "Fig. 4 (level 0)")
     ncols = min(ncols, len(chosen))
     fig, axes = _grid(plt, math.ceil(len(chosen) / ncols), ncols)
     for ax, r in zip(axes.ravel(), chosen):
         draw_panel(ax, r, images, meshes, caption=f"{r.category}\n" + _short(r))
-    return _finish(fig, axes, len(chosen), f"{name} on unoccluded test images (L0): predicted pose (mesh), "
-                   "amodal mask (yellow; ground truth dashed), class")
+    n_ok = sum(is_success(r) for r in chosen)
+    return _finish(fig, axes, len(chosen), f"{name} on unoccluded test images (L0): per category the correct prediction "
+                   f"(class right, pose < 30°) with the highest IoU ({n_ok} of {len(chosen)} categories have one; "
+                   "the others show their first image) — pose (mesh), amodal mask (yellow; truth dashed), class")
 
 
 def _short(r: Record) -> str:
@@ -216,10 +219,10 @@ def figure4(records, images: TestImages, path, **kw) -> Path:
 
 
 def build_figure5(records, images: TestImages, meshes=None, levels=(1, 2, 3), categories=None, name: str = "DMNT"):
-    """Fig. 5: the ``pick_per_category`` object of each category at each of ``levels`` (one row
-    per level, one column per category; the same object in a column)."""
+    """Fig. 5: the ``pick_successes`` object of each category at each of ``levels`` (one row per level, one
+    column per category): the best correct prediction at that level, else the category's first image."""
     plt = _plt()
-    rows = [pick_per_category(records, k, categories) for k in levels]
+    rows = [pick_successes(records, k, categories) for k in levels]
     rows = [(k, r) for k, r in zip(levels, rows) if r]
     _need(rows, f"Fig. 5 (levels {tuple(levels)})")
     cols = max(len(r) for _, r in rows)
@@ -232,8 +235,10 @@ def build_figure5(records, images: TestImages, meshes=None, levels=(1, 2, 3), ca
             used += 1
         for ax in axes[i, len(row):]:
             ax.axis("off")
-    _title(fig, f"{name} on occluded test images (rows L{', L'.join(str(k) for k, _ in rows)}; the same object "
-           "in each column)")
+    n_ok = sum(is_success(r) for _, row in rows for r in row)
+    _title(fig, f"{name} on occluded test images (rows L{', L'.join(str(k) for k, _ in rows)}): per category and level "
+           f"the correct prediction (class right, pose < 30°) with the highest IoU ({n_ok} of "
+           f"{sum(len(row) for _, row in rows)} panels have one; the others show the first image)")
     return fig
 
 
@@ -281,18 +286,19 @@ def comparison_figure(records_a, records_b, images: TestImages, path, **kw) -> P
     return save_figure(build_comparison(records_a, records_b, images, **kw), path, dpi=110)
 
 
-def _failure_caption(kind: str, r: Record) -> str:
+def _failure_caption(kind: str, r: Record, cause: str | None = None) -> str:
     if kind == "class":
         what = f"class: {r.category}→{r.pred_category if r.detected else 'none'}"
     elif kind == "pose":
         what = f"pose: {r.pose_error_deg:.0f}° off"
     else:
         what = f"segm.: IoU {r.iou:.2f}"
-    return f"L{r.level} {r.category}\n{what}"
+    return f"L{r.level} {r.category}\n{what}" + (f"\n{cause}" if cause else "")
 
 
-def build_figure6(records, images: TestImages, meshes=None, n_per_kind: int = 4, name: str = "DMNT"):
-    """Fig. 6: ``select_failures(records, n_per_kind)``, one row per failure kind that has cases."""
+def build_figure6(records, images: TestImages, meshes=None, n_per_kind: int = 4, name: str = "DMNT", causes=None):
+    """Fig. 6: ``select_failures(records, n_per_kind)``, one row per failure kind that has cases; ``causes``
+    (``{(id, level): text}``, e.g. ``predict.failure_cause`` of the diagnostics) adds a line to a caption."""
     plt = _plt()
     chosen = select_failures(records, n_per_kind)
     _need(chosen, "Fig. 6 (no record fails any rule)")
@@ -302,11 +308,13 @@ def build_figure6(records, images: TestImages, meshes=None, n_per_kind: int = 4,
     for i, k in enumerate(kinds):
         row = [r for kind, r in chosen if kind == k]
         for j, r in enumerate(row):
-            draw_panel(axes[i, j], r, images, meshes, label=k if j == 0 else None, caption=_failure_caption(k, r))
+            draw_panel(axes[i, j], r, images, meshes, label=k if j == 0 else None,
+                       caption=_failure_caption(k, r, (causes or {}).get(r.key)))
         for ax in axes[i, len(row):]:
             ax.axis("off")
     _title(fig, f"{name} failure cases (rule: wrong class, then pose error ≥ 30° worst first, "
-           "then amodal IoU < 0.5 lowest first; one image per object)", size=8)
+           "then amodal IoU < 0.5 lowest first; one image per object)" +
+           ("; last line: the cause, from `diagnose`" if causes else ""), size=8)
     return fig
 
 

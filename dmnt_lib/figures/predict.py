@@ -11,7 +11,7 @@ import numpy as np
 
 from .records import find_eval
 
-__all__ = ["predict_records"]
+__all__ = ["predict_records", "diagnose_records", "failure_cause"]
 
 
 def _eval_options(run_dir: Path, eval_name: str | None = None) -> dict:
@@ -60,3 +60,59 @@ def predict_records(records, run_dir, images, device: str = "cpu", batch_size: i
                 r.pose = {"azimuth": az, "elevation": el, "theta": th}
             if r.amodal_mask is None and pred.get("amodal_mask") is not None:
                 r.amodal_mask = np.asarray(pred["amodal_mask"], dtype=bool)
+
+
+def failure_cause(kind: str, diag: dict, occlusion: float = 0.0) -> str:
+    """A short caption of why a failure happened, from its ``inference.diagnose`` record ``diag`` (the failure
+    labels there: ``search`` the score preferred the truth and the search missed it, ``shape`` only the object's
+    own CAD shape beats the prediction at the truth, ``score`` the features prefer the wrong answer)."""
+    if kind == "class":
+        label = diag["class_failure"]
+        what = {"search": "search missed its class", "shape": "shape differs", "score": f"features say {diag['predicted']}"}
+    else:
+        label = diag["pose_failure"]
+        what = {"search": "search missed its pose", "shape": "shape differs", "score": "features prefer this pose"}
+    if kind == "segmentation" and label == "ok":  # pose right, silhouette wrong: the mean shape
+        text = f"mean shape: IoU {diag['iou_gt_mean']:.2f} at the truth"
+    else:
+        text = what.get(label, label)
+    if occlusion >= 0.5:
+        text += f"; occluder hides {100 * occlusion:.0f}%"
+    elif diag.get("bg_explained", 0) >= 0.5:
+        text += "; clutter looks like objects"
+    return text
+
+
+def diagnose_records(records, run_dir, images, eval_name=None, device: str = "cpu") -> dict:
+    """``{(id, level): inference.diagnose record}`` for ``records`` of a DMNT run, with the inference options of
+    its evaluation ``eval_name`` (the same predictions, labelled); ``{}`` for a run that is not DMNT's."""
+    import torch
+
+    from ..data import PoseDataset
+    from ..evaluate import load_predictor
+    from ..inference.diagnose import _truth, diagnose_batch
+    from ..inference.infer import model_inputs
+
+    records = list(records)
+    if not records:
+        return {}
+    opts = _eval_options(Path(run_dir), eval_name)
+    predictor = load_predictor(run_dir, device, quick=bool(opts.get("quick", False)), **opts.get("predictor_args", {}))
+    model = getattr(predictor, "model", None)
+    if model is None or not hasattr(model, "texture"):
+        return {}
+    config = predictor.inference
+    textures, meshes, bg = model_inputs(model, config)
+    ds = PoseDataset(images.source.root, None, sorted({r.level for r in records}))
+    index = {(sid, level): i for i, (_, level, sid, _, _) in enumerate(ds.source.items)}
+    out = {}
+    for r in records:
+        it = ds[index[r.key]]
+        with torch.no_grad():
+            feats = model.features(it["image"][None].to(device)).float().cpu()
+        (d,) = diagnose_batch(feats, textures, meshes, bg, [_truth(it, f"L{r.level}/{r.category}/{r.id}")],
+                              it["image"].shape[-2:], int(model.stride), predictor.center, config,
+                              own_meshes=[model.mesh(it["category"], int(it["cad_index"]))])
+        d["occlusion_ratio"] = float(it["occlusion_ratio"])
+        out[r.key] = d
+    return out

@@ -32,6 +32,10 @@ Failure-case rule (Fig. 6, ``select_failures``), documented in docs/reproduction
   largest first.
 * **segmentation**: amodal IoU < 0.5; ranked by IoU, lowest first.
 
+Success rule (Figs. 4 and 5, ``pick_successes``): per category and level, among the images whose class is
+right and whose pose is within 30°, the one with the highest amodal IoU (ties: sample id); a category
+without such an image shows its lowest-id image instead, and the panel's title says it failed.
+
 Kinds are filled in that order with ``n_per_kind`` images each; an object (sample id) appears at
 most once in the figure, and within a kind a category is repeated only when no other category
 qualifies. Ties are broken by (sample id, level), so the choice is deterministic.
@@ -52,7 +56,7 @@ from ..rle import decode_mask, encode_mask
 __all__ = [
     "Record", "normalize", "load_records", "find_eval", "encode_mask", "decode_mask",
     "FAILURE_KINDS", "POSE_FAIL_DEG", "IOU_FAIL", "failure_kinds", "failure_cases", "select_failures",
-    "pick_per_category",
+    "pick_per_category", "pick_successes", "is_success",
 ]
 
 FAILURE_KINDS = ("class", "pose", "segmentation")
@@ -246,6 +250,24 @@ def select_failures(records, n_per_kind: int = 4, levels=None) -> list[tuple[str
         used_ids.update(r.id for r in picked)
         out.extend((kind, r) for r in picked)
     return out
+
+
+def is_success(r: Record) -> bool:
+    """Right class, pose within ``POSE_FAIL_DEG``."""
+    return r.detected and r.pred_category == r.category and r.pose_error_deg < POSE_FAIL_DEG
+
+
+def pick_successes(records, level: int, categories=None) -> list[Record]:
+    """One record per category at ``level`` by the success rule (module docstring): the correct prediction
+    (``is_success``) with the highest IoU, else the ``pick_per_category`` one. Order as ``pick_per_category``."""
+    fallback = {r.category: r for r in pick_per_category(records, level, categories)}
+    best: dict[str, Record] = {}
+    for r in records:
+        if r.level == level and is_success(r):
+            b = best.get(r.category)
+            if b is None or (r.iou, b.id) > (b.iou, r.id):
+                best[r.category] = r
+    return [best.get(c, r) for c, r in fallback.items()]
 
 
 def pick_per_category(records, level: int, categories=None) -> list[Record]:

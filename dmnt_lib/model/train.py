@@ -48,7 +48,7 @@ from .dmnt import DMNT, ModelConfig, load_deformables
 from .loss import SampleCounts, contrastive_loss, sample_groups
 
 __all__ = ["TrainConfig", "train", "train_step", "evaluate_correspondence", "split_indices", "FragmentCache", "final_line",
-           "augmentation", "augment_image", "clutter_loss"]
+           "augmentation", "augment_image", "clutter_loss", "LEGACY_OPTIONS"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ class TrainConfig:
         com_reference_size: ``com_min_distance`` is in texels of an atlas of this size and scaled to the model's
             ``texture_size`` (the paper's 20 texels are for S = 128: at S = 64 they would mask most of a side and
             the opposite side next to it, the very negatives that teach front from back); ``None``: texels as given.
+            Default 128 (docs/experiments.md T2: at S = 64, correspondence@5 0.42 -> 0.50, category match
+            0.58 -> 0.67 on held-out images).
         w_clutter, clutter_pixels: NeMo's clutter regulariser (weight, pixels per image): up to ``clutter_pixels``
             off-object feature pixels of each image (with gradient) are pushed away from the object texels,
             ``w_clutter · mean_p <F(p), mean_{c,t seen} θ_c[t]>`` (= the mean similarity with every seen texel,
@@ -89,7 +91,7 @@ class TrainConfig:
     positives: int = 1000
     com: int = 1000
     com_min_distance: float = 20.0
-    com_reference_size: int | None = None
+    com_reference_size: int | None = 128
     class_negatives: int = 200
     bg: int = 2000
     bank_push: int = 64
@@ -158,9 +160,9 @@ class TrainConfig:
     def quick(cls, **over) -> "TrainConfig":
         """The 2-core preset ``train --quick`` uses with ``ModelConfig(texture_size=64)`` (docs/training.md):
         60 training + 10 held-out images per category, 4 epochs of batch 8, smaller sample counts
-        (400 positives, 400 Com at >= 10 texels: 20 at S=128 scaled to S=64, 100 Class, 800 BG)."""
+        (400 positives, 400 Com at >= 20 texels of a 128 atlas, i.e. 10 at S=64, 100 Class, 800 BG)."""
         base = dict(epochs=4, batch_size=8, per_category=60, val_per_category=10, categories=None,
-                    positives=400, com=400, com_min_distance=10.0, class_negatives=100, bg=800)
+                    positives=400, com=400, com_min_distance=20.0, class_negatives=100, bg=800)
         base.update(over)
         return cls(**base)
 
@@ -168,6 +170,11 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["categories"] = list(self.categories) if self.categories is not None else None
         return d
+
+
+#: The values of options added after the first full run that reproduce the training before them: a checkpoint
+#: whose saved config lacks one of them was trained with this value.
+LEGACY_OPTIONS = {"com_reference_size": None, "flip": 0.0, "color_jitter": 0.0, "w_clutter": 0.0}
 
 
 # ---------------------------------------------------------------------------- distributed helpers
@@ -501,8 +508,8 @@ def _check_cad_models(data_dir: Path, categories, names: dict) -> None:
 
 # ---------------------------------------------------------------------------- the loop
 def _check_resume(saved: dict, config: TrainConfig, model_config: ModelConfig, model: DMNT, path: Path) -> None:
-    # options added since a checkpoint was written count as their defaults
-    a = {**TrainConfig().to_dict(), **saved["train_config"]}
+    # options added since a checkpoint was written count as the values that reproduce the old behaviour
+    a = {**TrainConfig().to_dict(), **LEGACY_OPTIONS, **saved["train_config"]}
     a = {k: v for k, v in a.items() if k != "epochs"}
     b = {k: v for k, v in config.to_dict().items() if k != "epochs"}
     if a != b:

@@ -181,8 +181,8 @@ def figure3(model: DMNT, item: dict, path=None, config: TrainConfig = TrainConfi
         ci, cj = groups.com_index[:, 0], groups.com_index[:, 1]
         keep = valid[n0].cpu()
         ax.scatter(cj[keep], ci[keep], s=4, c="tab:blue", label=f"Com kept for t ({int(keep.sum())})")
-        ax.scatter(cj[~keep], ci[~keep], s=4, c="tab:orange", label=f"Com masked for t ({int((~keep).sum())}, < {config.com_min_distance:g} texels)")
-    ax.add_patch(plt.Circle((tj, ti), config.com_min_distance, fill=False, ls="--", color="tab:red"))
+        ax.scatter(cj[~keep], ci[~keep], s=4, c="tab:orange", label=f"Com masked for t ({int((~keep).sum())}, < {config.com_radius(model.texture_size):g} texels)")
+    ax.add_patch(plt.Circle((tj, ti), config.com_radius(model.texture_size), fill=False, ls="--", color="tab:red"))
     ax.plot([tj], [ti], "*", ms=14, color="tab:red", mec="k", label="positive t")
     ax.set_title(f"F̂ = image_to_uv(F) on the {S}x{S} texture\nvisible on-object texels; {len(own)} seen texels", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
@@ -228,7 +228,7 @@ def figure3(model: DMNT, item: dict, path=None, config: TrainConfig = TrainConfi
     ax.text(0, 0.95, "L = −log  W_ML e^{z+} / (W_ML e^{z+}\n      + W_Com Σ e^{z_Com} + W_Class Σ e^{z_Class}\n"
             "      + W_BG Σ e^{z_BG}),   z = <f, ·>/T", fontsize=10, va="top", family="monospace")
     ax.text(0, 0.5, f"T = {T:g};  W = ML {w['ML']:g}, Com {w['Com']:g}, Class {w['Class']:g}, BG {w['BG']:g}\n"
-            f"per image: {config.positives} positives, {config.com} Com\n(≥ {config.com_min_distance:g} texels away), "
+            f"per image: {config.positives} positives, {config.com} Com\n(≥ {config.com_radius(model.texture_size):g} texels away), "
             f"{config.class_negatives} Class (other\ncategories' textures), {config.bg} BG (bank of {len(model.bank.memory)})",
             fontsize=9, va="top")
     fig.suptitle("Training loss (appendix Fig. 3), computed by dmnt_lib.model.loss on one image", fontsize=11)
