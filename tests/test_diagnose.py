@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -134,9 +135,14 @@ def test_summary_shares_add_up_and_rules_score_offline(world, box4):
     recs = diag(world, feats, tr) + diag(world, feats, [dict(t, category="tall", key=t["key"] + "w") for t in tr])
     s = summarize(recs)
     g = s["levels"]["0"]
-    assert g["n"] == 8 and g["cls_acc"] == pytest.approx(0.5)
-    assert g["cls_search"] + g["cls_shape"] + g["cls_score"] == pytest.approx(1 - g["cls_acc"])
-    assert g["pose_search"] + g["pose_shape"] + g["pose_score"] == pytest.approx(1 - g["acc_pi6"])
+    # the 4 mislabelled images are class `score` failures (or `grid` ones: 'tall' outside the grid's top k)
+    wrong = recs[4:]
+    assert g["n"] == 8 and g["cls_acc"] == pytest.approx(0.5) and g["acc_pi6"] == pytest.approx(0.5)
+    assert g["cls_score"] == pytest.approx(sum(r["class_failure"] == "score" for r in wrong) / 8)
+    assert g["cls_grid"] == pytest.approx(sum(r["class_failure"] == "grid" for r in wrong) / 8)
+    assert g["cls_search"] == g["cls_shape"] == 0 and g["pose_score"] == pytest.approx(0.5)
+    assert all(r["class_failure"] in ("score", "grid") and r["pose_failure"] == "score" for r in wrong)
+    assert g["median_deg"] == pytest.approx(float(np.median([r["pose_error_deg"] for r in recs])))
     assert s["per_category"]["tall"]["0"]["predicted_instead"] == {"box": 4}
     md = markdown(s)
     assert "### L0" in md and "| tall |" in md and "| **all** |" in md
@@ -188,7 +194,25 @@ def test_cli_writes_resumable_diagnostics(tiny_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(argv[:-3] + ["--set", "steps=4", "--out", str(out), "--no-progress"]) == 2
     assert "another config" in capsys.readouterr().err
+    from dmnt_lib.data import generate_dataset
+
+    other = tmp_path / "other" / test.name  # the same folder name and ids, other images: refused, not mixed in
+    generate_dataset(other, 2, levels=(0, 1), seed=5, image_size=64, categories=["car", "chair"], progress=False)
+    assert main([a if a != str(test) else str(other) for a in argv]) == 2
+    assert "data set" in capsys.readouterr().err
     assert main(["diagnose", "--run", str(tmp_path), "--data", str(test)]) == 2
     assert "model.pt" in capsys.readouterr().err
     assert main(["diagnose", "--run", str(run_dir), "--data", str(test), "--set", "bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_failure_cause_captions():
+    from dmnt_lib.figures.predict import failure_cause
+
+    d = {"class_failure": "score", "pose_failure": "search", "predicted": "bus", "iou_gt_mean": 0.41, "bg_explained": 0.2}
+    assert failure_cause("class", d) == "features say bus"
+    assert failure_cause("pose", d, occlusion=0.62) == "search missed its pose; occluder hides 62%"
+    assert failure_cause("class", dict(d, class_failure="grid")) == "its class left out by the grid"
+    assert failure_cause("segmentation", dict(d, pose_failure="ok")) == "mean shape: IoU 0.41 at the truth"
+    assert failure_cause("pose", dict(d, pose_failure="ok")) == "not reproduced"
+    assert failure_cause("pose", dict(d, pose_failure="shape", bg_explained=0.7)) == "shape differs; clutter looks like objects"

@@ -48,7 +48,7 @@ def test_reproduce_tiny_end_to_end(capsys):
     assert main(["reproduce", "--preset", "tiny", "--out", str(out), "--figures", str(figs)]) == 0
     log = capsys.readouterr().out
     assert sum(line.startswith("[") and "running" in line for line in log.splitlines()) == 10
-    assert "re-ran" not in log  # evaluate stored each shown image's pose and mask: no second inference
+    assert "re-ran" not in log  # evaluate stored each drawn pose and mask (only Fig. 6's causes re-run `diagnose`)
     keys = {"n", "acc_pi6", "acc_pi18", "median_deg", "cls_acc", "miou", "acc_pi6_pred_cls", "n_undetected"}
     found = {}
     for run in ("dmnt", "baseline"):

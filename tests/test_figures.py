@@ -267,6 +267,23 @@ def _write_eval(run_dir, records, method, evaluation=None):
                                                 **({"evaluation": evaluation} if evaluation else {})}))
 
 
+def test_find_eval_prefers_the_given_centre(tmp_path):
+    """Without a name, the newest evaluation is drawn, but not a centre-searched one while another exists."""
+    import os
+
+    from dmnt_lib.figures.records import find_eval
+
+    for i, name in enumerate(["test_L0_n1_center-known", "test_L0_n1_center-search"]):
+        d = tmp_path / "eval" / name
+        d.mkdir(parents=True)
+        (d / "results.json").write_text("{}")
+        os.utime(d / "results.json", (1000 + i, 1000 + i))
+    assert find_eval(tmp_path).name == "test_L0_n1_center-known"
+    assert find_eval(tmp_path, "test_L0_n1_center-search").name == "test_L0_n1_center-search"
+    (tmp_path / "eval" / "test_L0_n1_center-known" / "results.json").unlink()
+    assert find_eval(tmp_path).name == "test_L0_n1_center-search"
+
+
 def test_figures_refuse_evaluations_of_another_test_set(tmp_path, monkeypatch):
     import dmnt_lib.figures.paper as paper
     from dmnt_lib.figures.cli import load_evaluations
@@ -284,8 +301,17 @@ def test_figures_refuse_evaluations_of_another_test_set(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative --data names the same folder
     assert set(load_evaluations(tmp_path / "dmnt", "test", tmp_path / "same")["results"]) == {"DMNT", "MT Mask R-CNN"}
     assert load_evaluations(tmp_path / "dmnt", data, tmp_path / "moved")["images"] == data  # recorded folder gone
-    with pytest.raises(ValueError, match="MT Mask R-CNN's evaluation .* is of .*elsewhere, not --data"):
+    with pytest.raises(ValueError, match="the evaluation .*other_data.* is of .*elsewhere, not --data"):
         load_evaluations(tmp_path / "dmnt", data, tmp_path / "other_data")
+    # a searched evaluation is checked the same way (test set, levels, images)
+    from dmnt_lib.figures.cli import searched_results
+
+    ref = load_evaluations(tmp_path / "dmnt", data, tmp_path / "same")["results"]["DMNT"]
+    assert searched_results(tmp_path / "same", "test", data, ref)[1]["method"] == "MT Mask R-CNN"
+    with pytest.raises(ValueError, match="is of .*elsewhere"):
+        searched_results(tmp_path / "other_data", "test", data, ref)
+    with pytest.raises(ValueError, match="the searched evaluation test .* differs"):
+        searched_results(tmp_path / "fewer", "test", data, ref)
     with pytest.raises(ValueError, match="the evaluations differ: .*'per_category': 2.* vs .*'per_category': 1"):
         load_evaluations(tmp_path / "dmnt", data, tmp_path / "fewer")
     with pytest.raises(ValueError, match=r"the evaluations differ: .*'levels': \[0, 1\].* vs .*'levels': \[0\]"):

@@ -211,6 +211,13 @@ def test_mirrored_sample_renders_onto_its_mirrored_mask(tiny):
         inter, union = int((mask_f & mask.flip(-1)).sum()), int((mask_f | mask.flip(-1)).sum())
         assert union and inter / union > 0.9, (i, inter / union)
         assert frags.get(model, item, i, flip=True)[1] is mask_f  # cached per (index, flip)
+        # a strong in-plane rotation: the mirror image needs theta's sign flipped (the unflipped one fails)
+        tilted = dict(item, theta=torch.tensor(0.6))
+        m = FragmentCache().get(model, tilted)[1]
+        m_f = FragmentCache().get(model, tilted, flip=True)[1]
+        wrong = FragmentCache().get(model, dict(tilted, theta=torch.tensor(-0.6)), flip=True)[1]
+        iou = lambda a, b: int((a & b).sum()) / max(int((a | b).sum()), 1)  # noqa: E731
+        assert iou(m_f, m.flip(-1)) > 0.9 > iou(wrong, m.flip(-1)), (i, iou(m_f, m.flip(-1)), iou(wrong, m.flip(-1)))
 
 
 def test_augmentation_is_seeded_and_bounded():
@@ -314,3 +321,7 @@ def test_val_data_holds_out_another_folder(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="val_data"):
         train(data, deform, tmp_path / "run2", cfg, ModelConfig(**TINY_MODEL), progress=False, echo=lambda *_: None,
               val_data=tmp_path / "nope")
+    # resuming without the held-out folder would move images into training: refused
+    with pytest.raises(ValueError, match="val-data"):
+        train(data, deform, tmp_path / "run", TrainConfig(epochs=2, **TINY_TRAIN), ModelConfig(**TINY_MODEL),
+              progress=False, echo=lambda *_: None, resume=True)

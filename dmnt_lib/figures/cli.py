@@ -28,7 +28,7 @@ from pathlib import Path
 from ..fileio import atomic_write_text
 from .records import find_eval
 
-__all__ = ["add_parser", "run", "make_figures", "load_evaluations", "fill_missing", "FIGURE_FILES"]
+__all__ = ["add_parser", "run", "make_figures", "load_evaluations", "searched_results", "fill_missing", "FIGURE_FILES"]
 
 #: The table's names for DMNT evaluated with the object centre given (``--center known``) and searched, when both are.
 GIVEN, SEARCHED = "DMNT, centre given", "DMNT, centre searched"
@@ -88,6 +88,33 @@ def fill_missing(records, run_dir: Path, images, device: str = "cpu", eval_name:
     return len(need)
 
 
+def _read_results(folder: Path, data) -> dict:
+    """``folder/results.json``, checked: an ``evaluate`` results file of the test set ``data``. A recorded test
+    folder that no longer exists (a run moved or copied from another machine) is not held against it."""
+    try:
+        res = json.loads((folder / "results.json").read_text())
+    except ValueError as e:
+        raise ValueError(f"{folder / 'results.json'} is not valid JSON ({e}); re-run that evaluation") from None
+    if not isinstance(res, dict) or not isinstance(res.get("evaluation", {}), dict):
+        raise ValueError(f"{folder / 'results.json'} is not an evaluate results file; re-run that evaluation")
+    rec = res.get("evaluation", {}).get("data")
+    if rec is not None and Path(rec).exists() and Path(data).exists() and not os.path.samefile(rec, data):
+        raise ValueError(f"the evaluation {folder} is of {rec}, not --data {data}; evaluate it on {data} or pass --eval NAME")
+    return res
+
+
+def searched_results(run_dir, name: str, data, reference: dict) -> tuple[Path, dict]:
+    """``(folder, results)`` of the DMNT run's evaluation ``name`` (centre searched), checked like the others:
+    of the test set ``data``, and of the levels and images of ``reference`` (the drawn evaluation's results)."""
+    d = find_eval(run_dir, name)
+    res = _read_results(d, data)
+    pick = lambda r: {k: r.get("evaluation", {}).get(k) for k in ("levels", "per_category")}  # noqa: E731
+    if pick(res) != pick(reference):
+        raise ValueError(f"the searched evaluation {d.name} {pick(res)} differs from the drawn one {pick(reference)}; "
+                         "evaluate both the same way")
+    return d, res
+
+
 def load_evaluations(run_dir, data, baseline_dir=None, eval_name=None) -> dict:
     """Everything the figures read: ``{"images": TestImages, "runs", "evals", "results", "records"}``,
     the last four keyed by method name (``"DMNT"``, ``"MT Mask R-CNN"``)."""
@@ -98,22 +125,7 @@ def load_evaluations(run_dir, data, baseline_dir=None, eval_name=None) -> dict:
     if baseline_dir is not None:
         runs["MT Mask R-CNN"] = Path(baseline_dir)
     evals = {k: find_eval(v, eval_name) for k, v in runs.items()}
-    results = {}
-    for k, d in evals.items():
-        try:
-            results[k] = json.loads((d / "results.json").read_text())
-        except ValueError as e:
-            raise ValueError(f"{d / 'results.json'} is not valid JSON ({e}); re-run that evaluation") from None
-        if not isinstance(results[k], dict) or not isinstance(results[k].get("evaluation", {}), dict):
-            raise ValueError(f"{d / 'results.json'} is not an evaluate results file; re-run that evaluation")
-    # The table compares the methods on one test set: each evaluation must be of ``data``, and (without
-    # an explicit eval_name, each run's newest one is used) of the same levels and images. A recorded
-    # folder that no longer exists (a run moved or copied from another machine) is not held against it.
-    for k, r in results.items():
-        rec = r.get("evaluation", {}).get("data")
-        if rec is not None and Path(rec).exists() and Path(data).exists() and not os.path.samefile(rec, data):
-            raise ValueError(f"{k}'s evaluation {evals[k]} is of {rec}, not --data {data}; "
-                             f"evaluate it on {data} or pass --eval NAME")
+    results = {k: _read_results(d, data) for k, d in evals.items()}
     evs = [r.get("evaluation") for r in results.values()]
     if len(evs) == 2 and all(evs):
         (a, ra), (b, rb) = results.items()
@@ -171,9 +183,8 @@ def make_figures(run_dir, data, out, baseline_dir=None, eval_name=None, n_failur
                   for kind, r in failures if r.key in diags}
     written.append(paper.figure6(dm, images, out / "fig6_failures.png", n_per_kind=n_failures, causes=causes))
     if search_eval_name is not None:
-        d = find_eval(run_dir, search_eval_name)
-        results = {GIVEN: results["DMNT"], SEARCHED: json.loads((d / "results.json").read_text()),
-                   **{k: v for k, v in results.items() if k != "DMNT"}}
+        d, searched = searched_results(run_dir, search_eval_name, data, results["DMNT"])
+        results = {GIVEN: results["DMNT"], SEARCHED: searched, **{k: v for k, v in results.items() if k != "DMNT"}}
         evals = {GIVEN: evals["DMNT"], SEARCHED: d, **{k: v for k, v in evals.items() if k != "DMNT"}}
     md = "# DMNT vs multi-task Mask R-CNN per occlusion level\n\n" + paper.results_markdown(results) + "\n" + \
         "".join(f"- {k}: `{evals[k]}`\n" for k in evals)

@@ -64,18 +64,23 @@ def predict_records(records, run_dir, images, device: str = "cpu", batch_size: i
 
 def failure_cause(kind: str, diag: dict, occlusion: float = 0.0) -> str:
     """A short caption of why a failure happened, from its ``inference.diagnose`` record ``diag`` (the failure
-    labels there: ``search`` the score preferred the truth and the search missed it, ``shape`` only the object's
-    own CAD shape beats the prediction at the truth, ``score`` the features prefer the wrong answer)."""
+    labels there: ``grid`` the true class was not among the grid's top k, ``search`` the score preferred the truth
+    and the search missed it, ``shape`` only the object's own CAD shape beats the prediction at the truth,
+    ``score`` the features prefer the wrong answer); ``occlusion`` the hidden share of the object."""
     if kind == "class":
         label = diag["class_failure"]
         what = {"search": "search missed its class", "shape": "shape differs", "score": f"features say {diag['predicted']}"}
     else:
         label = diag["pose_failure"]
         what = {"search": "search missed its pose", "shape": "shape differs", "score": "features prefer this pose"}
-    if kind == "segmentation" and label == "ok":  # pose right, silhouette wrong: the mean shape
+    if kind == "class" and label == "grid":
+        text = "its class left out by the grid"
+    elif kind == "segmentation" and label == "ok":  # pose right, silhouette wrong: the mean shape
         text = f"mean shape: IoU {diag['iou_gt_mean']:.2f} at the truth"
+    elif label == "ok":  # the re-run did not fail as the evaluation did (another config): say nothing wrong
+        text = "not reproduced"
     else:
-        text = what.get(label, label)
+        text = what[label]
     if occlusion >= 0.5:
         text += f"; occluder hides {100 * occlusion:.0f}%"
     elif diag.get("bg_explained", 0) >= 0.5:
@@ -104,10 +109,13 @@ def diagnose_records(records, run_dir, images, eval_name=None, device: str = "cp
     config = predictor.inference
     textures, meshes, bg = model_inputs(model, config)
     ds = PoseDataset(images.source.root, None, sorted({r.level for r in records}))
-    index = {(sid, level): i for i, (_, level, sid, _, _) in enumerate(ds.source.items)}
+    index = {(cat, sid, level): i for i, (cat, level, sid, _, _) in enumerate(ds.source.items)}
     out = {}
     for r in records:
-        it = ds[index[r.key]]
+        i = index.get((r.category, r.id, r.level))
+        if i is None or r.category not in model.categories:  # not a test image of a category the model knows
+            continue
+        it = ds[i]
         with torch.no_grad():
             feats = model.features(it["image"][None].to(device)).float().cpu()
         (d,) = diagnose_batch(feats, textures, meshes, bg, [_truth(it, f"L{r.level}/{r.category}/{r.id}")],

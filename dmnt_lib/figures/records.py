@@ -158,10 +158,13 @@ def normalize(obj: dict) -> Record:
 
 def find_eval(run_dir: str | os.PathLike, name: str | None = None) -> Path:
     """The ``run_dir/eval/<name>`` folder holding ``results.json`` and ``predictions.jsonl``
-    (default: the only one, else the newest by ``results.json``'s modification time)."""
+    (default: the only one, else the newest by ``results.json``'s modification time, an evaluation with the
+    object centre searched only when there is no other: ``reproduce`` writes that one last, beside the one the
+    figures draw)."""
     run_dir = Path(run_dir)
     root = run_dir / "eval"
-    found = sorted((p.parent for p in root.glob("*/results.json")), key=lambda p: p.stat().st_mtime)
+    found = sorted((p.parent for p in root.glob("*/results.json")),
+                   key=lambda p: ("center-search" not in p.name, p.stat().st_mtime))
     if name is not None:
         if not (root / name / "results.json").is_file():
             raise FileNotFoundError(f"{root / name}/results.json not found (have: {[p.name for p in found]})")

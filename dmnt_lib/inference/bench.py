@@ -86,10 +86,10 @@ def _err_deg(pose, az, el, th) -> float:
 def _background(world, config: InferenceConfig):
     """The world's background model for ``config``: a trained model's bank (its mean, or k-means centroids with
     ``config.background_centroids``), or the oracle world's fixed vectors."""
-    if "model" in world:
-        from .infer import model_background
+    if "model" in world:  # as infer does: the k-means once per model and K
+        from .infer import _cached_background
 
-        return model_background(world["model"], config.background_centroids)
+        return _cached_background(world["model"], config.background_centroids)
     return world["background"]
 
 
@@ -199,7 +199,10 @@ def main(argv=None) -> int:
     for item in a.compare:
         name, _, text = item.partition("=")
         try:
-            compares.append((name, InferenceConfig.from_dict(json.loads(text))))
+            fields = json.loads(text)
+            if not isinstance(fields, dict):
+                raise ValueError("expected a JSON object of InferenceConfig fields")
+            compares.append((name, InferenceConfig.from_dict(fields)))
         except (ValueError, TypeError) as e:
             ap.error(f"--compare {item!r}: {e}")
     if a.slow_images >= a.images or a.images < 2 or a.slow_images < 1:

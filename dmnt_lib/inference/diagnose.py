@@ -9,8 +9,9 @@ labels every failure by asking the score itself at the truth:
   objective prefers the truth, the search missed it); else ``shape`` when it does with the image's own
   CAD shape (the mean shape is what misleads it); else ``score`` (the features/score prefer the wrong
   pose). ``pose_kind`` says whether the error is a 180° azimuth flip, a 90° confusion or other.
-* **class** (wrong category): the same three labels, comparing the winner's class score
-  (``config.score``) with the ground-truth category's at its true pose (mean shape, then own shape).
+* **class** (wrong category): ``grid`` when the true category was not among the grid's ``top_k`` (it never
+  competed), else the same three labels, comparing the winner's class score (``config.score``) with the
+  ground-truth category's at its true pose (mean shape, then own shape).
   ``rank_init``/``rank_final`` are the true category's rank after the grid and after refinement,
   ``margin`` its score minus the best other category's.
 * **segmentation ceiling**: amodal IoU of the mean-code silhouette at the ground-truth pose, of the
@@ -204,12 +205,20 @@ def diagnose_batch(features, textures: dict, meshes: dict, background, truths: l
         rec["scores_both"] = {c: dict(v["scores"]) for c, v in p.poses.items() if v.get("refined")}
         rec["objectives"] = {c: float(v["objective"]) for c, v in p.poses.items() if v.get("refined")}
         rec["refined"] = list(p.refined)
+        # the categories that competed for the class (the grid's top_k); the true one is refined beside them
+        # (``include``) for its pose, so rules over refined scores must be limited to these
+        rec["topk"] = sorted(p.init_scores, key=p.init_scores.get, reverse=True)[: config.top_k]
         rec["rank_init"] = _rank(p.init_scores, gt)
         rec["rank_final"] = _rank(rec["scores"], gt)
         others = [v for c, v in rec["scores"].items() if c != gt]
         rec["margin"] = rec["scores"][gt] - max(others) if others else float("inf")
         winner = p.scores[p.category]
-        rec["class_failure"] = "ok" if rec["correct"] else _failure(winner, at_mean[config.score], at_own[config.score] if at_own else None)
+        if rec["correct"]:
+            rec["class_failure"] = "ok"
+        elif gt not in rec["topk"]:  # the grid's ranking dropped it before refinement could compare
+            rec["class_failure"] = "grid"
+        else:
+            rec["class_failure"] = _failure(winner, at_mean[config.score], at_own[config.score] if at_own else None)
         rec["vote"] = {c: float(votes[i, j]) for j, c in enumerate(cats)}
         rec["rank_vote"] = _rank(rec["vote"], gt)
         # segmentation: the prediction, every refined category's fit, and the ceilings at the truth
@@ -319,6 +328,7 @@ def _group(records) -> dict:
            "acc_pi6": sum(r["pose_kind"] == "ok" for r in records) / n,
            "acc_pi18": sum(r["pose_error_deg"] < 10 for r in records) / n,
            "median_deg": float(np.median([r["pose_error_deg"] for r in records])),
+           "cls_grid": share(wrong_cls, "class_failure", "grid"),
            "cls_search": share(wrong_cls, "class_failure", "search"), "cls_shape": share(wrong_cls, "class_failure", "shape"),
            "cls_score": share(wrong_cls, "class_failure", "score"),
            "in_top3_init": sum(r["rank_init"] <= 3 for r in records) / n,
@@ -345,7 +355,7 @@ def _group(records) -> dict:
 
 def summarize(records) -> dict:
     """``{"levels": {level: group}, "per_category": {cat: {level: group}}}`` (levels as strings); a group
-    holds shares of all its images: ``cls_acc``, ``cls_search/shape/score`` (wrong class, by failure
+    holds shares of all its images: ``cls_acc``, ``cls_grid/search/shape/score`` (wrong class, by failure
     label), ``in_top3_init``, ``rank1_vote``, ``acc_pi6``, ``acc_pi18``, ``median_deg`` (degrees),
     ``pose_search/shape/score``, ``pose_flip/quarter``,
     ``miou``, the ceilings ``iou_gt_mean/own/latent``, ``bg_explained``, ``fg_own/other/background``, the top
@@ -359,7 +369,8 @@ def summarize(records) -> dict:
                                  if (rs := [r for r in records if r["category"] == c and r["level"] == lv])} for c in cats}}
 
 
-_COLUMNS = [("n", "n", "{:d}"), ("cls_acc", "class", "{:.2f}"), ("cls_search", "cls✗ search", "{:.2f}"),
+_COLUMNS = [("n", "n", "{:d}"), ("cls_acc", "class", "{:.2f}"), ("cls_grid", "cls✗ grid", "{:.2f}"),
+            ("cls_search", "cls✗ search", "{:.2f}"),
             ("cls_shape", "cls✗ shape", "{:.2f}"), ("cls_score", "cls✗ score", "{:.2f}"), ("in_top3_init", "top-3 init", "{:.2f}"),
             ("rank1_vote", "vote top-1", "{:.2f}"), ("acc_pi6", "Acc@π/6", "{:.2f}"), ("acc_pi18", "Acc@π/18", "{:.2f}"),
             ("median_deg", "median°", "{:.1f}"), ("pose_search", "pose✗ search", "{:.2f}"),
@@ -380,8 +391,8 @@ def markdown(summary: dict) -> str:
     """The summary as markdown: one table per level (all images, then one row per category)."""
     head = "| | " + " | ".join(t for _, t, _ in _COLUMNS) + " | bg won by | predicted instead |"
     sep = "|---" * (len(_COLUMNS) + 3) + "|"
-    lines = ["Shares of all images of the row; ✗ = failures by label (search: the score prefers the truth, the search "
-             "missed it; shape: only the image's own CAD shape beats the prediction; score: the score prefers the wrong "
+    lines = ["Shares of all images of the row; ✗ = failures by label (grid: the true class was not among the grid's top "
+             "k; search: the score prefers the truth, the search missed it; shape: only the image's own CAD shape beats the prediction; score: the score prefers the wrong "
              "answer even at the truth). IoU mean/own/fit@gt: silhouette ceilings at the true pose. bg→object: share of "
              "off-object feature pixels some category's texture explains better than the background.", ""]
     for lv, g in summary["levels"].items():
@@ -392,16 +403,18 @@ def markdown(summary: dict) -> str:
 
 
 def _refined(r: dict, kind: str) -> dict:
-    return {c: v[kind] for c, v in r["scores_both"].items()}
+    """The refined categories' ``kind`` scores, limited to those that competed (``topk``: the true category is
+    refined for its pose even when the grid dropped it, and must not compete then)."""
+    return {c: v[kind] for c, v in r["scores_both"].items() if c in r["topk"]}
 
 
 def _top(d: dict, k: int) -> list:
     return sorted(d, key=d.get, reverse=True)[:k]
 
 
-#: Class rules scored offline by ``rule_table`` (``diagnose --rules``; meaningful when every category was refined,
-#: ``--set top_k=12``): the render-and-compare scores over the refined categories, the pose-free vote, and the
-#: vote's top three decided by a render-and-compare score.
+#: Class rules scored offline by ``rule_table`` (``diagnose --rules``): the render-and-compare scores over the
+#: categories that competed (the grid's top k; all with ``--set top_k=12``), the pose-free vote over all, and the
+#: vote's top three decided by a render-and-compare score (among those of them that were refined).
 RULES = {
     "normalized": lambda r: _refined(r, "normalized"),
     "nemo (raw)": lambda r: _refined(r, "nemo"),
@@ -507,10 +520,13 @@ def run(args) -> int:
         out = args.out or Path(args.run) / "diagnose" / name
         out.mkdir(parents=True, exist_ok=True)
         cfg_path = out / "config.json"
+        from ..evaluate import _data_digest
+
         want = {"inference": config.to_dict(), "center": args.center, "latent_steps": args.latent_steps,
-                "model": str(path), "model_mtime_ns": path.stat().st_mtime_ns}
+                "model": str(path), "model_mtime_ns": path.stat().st_mtime_ns, "data": str(args.data.resolve()),
+                "data_digest": _data_digest(args.data, args.levels)}
         if cfg_path.is_file() and json.loads(cfg_path.read_text()) != json.loads(json.dumps(want)):
-            raise ValueError(f"{out} holds a diagnosis with another config or model; delete it or choose --out")
+            raise ValueError(f"{out} holds a diagnosis with another config, model or data set; delete it or choose --out")
         atomic_write_text(cfg_path, json.dumps(want, indent=1) + "\n")
     except (FileNotFoundError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -61,8 +61,9 @@ def model_inputs(model, config: InferenceConfig, categories=None):
     return textures, meshes, _cached_background(model, config.background_centroids).cpu()
 
 
-#: bank -> {(centroids, memory version, device): (K, D)}; the bank does not change during inference, so the
-#: k-means runs once per model and K, not once per batch (the evaluation calls ``infer`` per batch of images).
+#: bank -> {(centroids, memory's in-place version counter, write pointer, storage address): (K, D)}; the bank does
+#: not change during inference, so the k-means runs once per model and K, not once per batch (the evaluation calls
+#: ``infer`` per batch of images); a push or a load changes the key.
 _BACKGROUNDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -70,7 +71,11 @@ def _cached_background(model, centroids):
     memory = getattr(model.bank, "memory", None)
     if not isinstance(model.bank, torch.nn.Module) or memory is None:
         return model_background(model, centroids)
-    key = (centroids, memory._version, int(getattr(model.bank, "ptr", 0)), memory.data_ptr())
+    try:
+        version = memory._version
+    except RuntimeError:  # an inference-mode tensor has no version counter: nothing to key on, compute it
+        return model_background(model, centroids)
+    key = (centroids, version, int(getattr(model.bank, "ptr", 0)), memory.data_ptr())
     per_bank = _BACKGROUNDS.setdefault(model.bank, {})
     if key not in per_bank:
         per_bank.clear()

@@ -85,7 +85,12 @@ class FeatureNet(nn.Module):
                 raise ValueError(f"weights {path} is not a {arch} state dict: {str(e).splitlines()[0]}") from None
         else:
             kw = {} if weights is not None else {"norm_layer": norm_layer}
-            net = torchvision.models.get_model(arch, weights=weights, **kw)
+            try:
+                net = torchvision.models.get_model(arch, weights=weights, **kw)
+            except (KeyError, ValueError) as e:  # torchvision: a name of another architecture's weights enum
+                names = [f"{w.__class__.__name__}.{w.name}" for w in torchvision.models.get_model_weights(arch)]
+                raise ValueError(f"weights {weights!r} is not a torchvision weights name for {arch} "
+                                 f"(its names: {', '.join(names)}): {e}") from None
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         levels = {4: 1, 8: 2, 16: 3}[stride]
         self.layers = nn.ModuleList([net.layer1, net.layer2, net.layer3])

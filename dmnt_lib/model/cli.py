@@ -41,8 +41,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="override any TrainConfig or ModelConfig field, e.g. --set lr=3e-4 --set texture_size=64")
     p.add_argument("--val-data", type=Path, help="held-out images for the final correspondence check (e.g. a validation "
                    "set, data --seed 2); then every image of --data trains (default: val_per_category held out of --data)")
-    p.add_argument("--weights", help="the backbone's initial weights: a torchvision weights name (e.g. "
-                   "ResNet50_Weights.IMAGENET1K_V2, downloaded by torchvision) or a local state-dict file; default from scratch")
+    p.add_argument("--weights", help="the backbone's initial weights: a torchvision weights name of its arch (e.g. "
+                   "ResNet18_Weights.IMAGENET1K_V1 for the default resnet18, downloaded by torchvision) or a local "
+                   "state-dict file of the torchvision model; default from scratch")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
     return p

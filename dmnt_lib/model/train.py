@@ -532,9 +532,10 @@ def train(data, deform, out, config: TrainConfig = TrainConfig(), model_config: 
         out: run folder. resume: continue from ``out/checkpoint.pt`` (required if it exists).
         echo: where progress lines and the final line go (rank 0 only).
         evaluate: run the held-out evaluation at the end.
-        val_data: a folder of held-out images for the final correspondence check (its first
-            ``val_per_category`` L0 images per category, e.g. a validation set ``data --seed 2``); then every image
-            of ``data`` trains (up to ``per_category``). ``None``: ``val_per_category`` images of ``data`` are held out.
+        val_data: a folder of held-out images for the final correspondence check (a seeded choice of
+            ``val_per_category`` L0 images per category, e.g. of a validation set ``data --seed 2``); then every
+            image of ``data`` trains (up to ``per_category``). ``None``: ``val_per_category`` images of ``data`` are
+            held out. A resumed run must be given the same ``val_data`` and ``weights`` (refused otherwise).
         weights: the backbone's initial weights (``FeatureNet``'s ``weights``: a torchvision weights name, e.g.
             ``ResNet50_Weights.IMAGENET1K_V2``, or a local state-dict file); ``None``: from scratch. Only a new run
             uses them (a resumed one continues from its checkpoint).
@@ -587,6 +588,15 @@ def train(data, deform, out, config: TrainConfig = TrainConfig(), model_config: 
         train_idx, val_idx = split_indices(dataset, categories, config)
     if len(train_idx) < config.batch_size:
         raise ValueError(f"only {len(train_idx)} training images for batch_size {config.batch_size}")
+    sources = {"val_data": str(Path(val_data).resolve()) if val_data is not None else None,
+               "weights": str(weights) if weights is not None else None}
+    if extra is not None:  # a resumed run must keep its training images and its starting point
+        saved = {k: extra.get(k) for k in sources}
+        if "val_data" in extra and saved != sources:
+            diff = {k: (saved[k], sources[k]) for k in sources if saved[k] != sources[k]}
+            raise ValueError(f"{ckpt} was written with other --val-data/--weights (saved, given): {diff}")
+        if extra.get("split", {}).get("train", train_idx) != train_idx:
+            raise ValueError(f"{ckpt} was trained on another split of {data} (the dataset or val_data changed)")
     optimizer = torch.optim.Adam(model.backbone.parameters(), lr=config.lr)
     if extra is not None:
         optimizer.load_state_dict(extra["optimizer"])
@@ -600,7 +610,8 @@ def train(data, deform, out, config: TrainConfig = TrainConfig(), model_config: 
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps({"train": config.to_dict(), "model": model.config.to_dict(),
-                                                           "data": str(data), "deform": str(deform), "world_size": dist.world}, indent=1))
+                                                           "data": str(data), "deform": str(deform), "world_size": dist.world,
+                                                           **sources}, indent=1))
         atomic_write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     steps_per_epoch = len(train_idx) // config.batch_size
     local = config.batch_size // dist.world
@@ -631,7 +642,7 @@ def train(data, deform, out, config: TrainConfig = TrainConfig(), model_config: 
             bar.set_postfix(epoch=epoch, loss=f"{rec['loss']:.3f}")
         if rank0:
             model.save(ckpt, extra={"train_config": config.to_dict(), "epoch": epoch + 1, "history": history,
-                                    "optimizer": optimizer.state_dict(), "split": {"train": train_idx, "val": val_idx},
+                                    "optimizer": optimizer.state_dict(), "split": {"train": train_idx, "val": val_idx}, **sources,
                                     "world_size": dist.world})
             ep = [r["loss"] for r in history if r["epoch"] == epoch]
             echo(f"epoch {epoch + 1}/{config.epochs}: loss {sum(ep) / max(len(ep), 1):.4f}")
@@ -645,7 +656,8 @@ def train(data, deform, out, config: TrainConfig = TrainConfig(), model_config: 
             vfrags = frags if val_set is dataset else FragmentCache()  # fragments are cached by index
             trained = evaluate_correspondence(model, val_set, val_idx, vfrags, config, device=device)
             with torch.random.fork_rng(devices=[]):
-                fresh = DMNT(model.categories, {c: model.deformable(c) for c in model.categories}, model.cad_names, model.config).to(device)
+                fresh = DMNT(model.categories, {c: model.deformable(c) for c in model.categories}, model.cad_names, model.config,
+                             weights=weights).to(device)  # the starting point: same seed, same initial weights
             untrained = evaluate_correspondence(fresh, val_set, val_idx, vfrags, config, candidates=model.textures.seen > 0,
                                                 device=device)
             line = final_line(trained, untrained)

@@ -631,7 +631,7 @@ def build_pascal3d_stages(out, config: dict, pascal3d, figures_dir=None, device:
         ev_dir = run_dir / "eval" / ev_name
         stages.append(Stage(name, e, lambda argv=argv: cli_call(argv),
                             outputs=[ev_dir / "results.json", ev_dir / "predictions.jsonl"],
-                            inputs=["data-test", upstream], clear=[run_dir / "eval"]))
+                            inputs=["data-test", upstream], clear=[ev_dir]))
 
     def run_figures():
         from ..figures.cli import make_figures

@@ -35,7 +35,7 @@ PRESETS: dict[str, dict] = {
         "val_data": {"per_category": 1, "seed": 2},
         "deform": {"quick": True, "steps": 2, "seed": 0},
         "train": {"quick": True, "epochs": 1, "batch_size": 4, "set": {}},
-        "baseline": {"quick": True, "epochs": 1},
+        "baseline": {"quick": True, "epochs": 1, "augment": False},
         "evaluate": {"levels": [0, 1, 2, 3], "per_category": 1, "center": "known", "search": True, "quick": True},
     },
     "quick": {
@@ -44,7 +44,7 @@ PRESETS: dict[str, dict] = {
         "val_data": {"per_category": 4, "seed": 2},
         "deform": {"quick": True, "steps": 60, "seed": 0},
         "train": {"quick": True, "epochs": 2, "set": {}},
-        "baseline": {"quick": True, "epochs": 2},
+        "baseline": {"quick": True, "epochs": 2, "augment": False},
         "evaluate": {"levels": [0, 1, 2, 3], "per_category": 1, "center": "known", "search": True, "quick": True},
     },
     "full": {
@@ -158,6 +158,9 @@ def check_preset(config: dict, fields: dict | None = None, required: list | None
         bad = sorted(set(flat["train.set"]) - names)
         if bad:
             raise ValueError(f"--set train.set: {bad} are not TrainConfig or ModelConfig fields ({sorted(names)})")
+        if "val_per_category" in flat["train.set"] and "val_data.per_category" in fields:
+            raise ValueError("--set train.set: val_per_category comes from val_data.per_category (DMNT's held-out "
+                             "images are the validation set's); set that instead")
     missing = [k for k in sections if k not in config] or [k for k in required if k not in flat]
     if missing:
         raise ValueError(f"the preset config lacks {', '.join(missing)}")
@@ -269,7 +272,9 @@ def build_stages(out, config: dict, figures_dir=None, device: str = "cpu") -> li
                 "--per-category", e["per_category"], "--center", center, "--batch-size", 8,
                 *_flag("--quick", e.get("quick")), "--device", device]
         ev_dir = run_dir / "eval" / folder
-        stages.append(Stage(name, {**e, "center": center}, lambda argv=argv: cli_call(argv),
+        # `search` only decides whether the searched evaluation exists: not part of any evaluation's config
+        stages.append(Stage(name, {**{k: v for k, v in e.items() if k != "search"}, "center": center},
+                            lambda argv=argv: cli_call(argv),
                             outputs=[ev_dir / "results.json", ev_dir / "predictions.jsonl"],
                             inputs=["data-test", upstream], clear=[ev_dir]))
     searched = any(name == "evaluate-dmnt-search" for name, *_ in evals)
