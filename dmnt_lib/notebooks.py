@@ -61,7 +61,7 @@ def runs_env(runs) -> dict[str, str]:
 
     Without it, notebooks 04 and 06 train small models of their own and 05 uses oracle features;
     with it they show the run's DMNT (``DMNT_RUN``, its training data ``DMNT_TRAIN_DATA``), the
-    run's test set (``DMNT_DATA``, ``DMNT_TEST_DATA``) and its baseline (``DMNT_BASELINE_RUN``);
+    run's test set (``DMNT_DATA``, ``DMNT_TEST_DATA``), its validation set when it has one (``DMNT_VAL_DATA``) and its baseline (``DMNT_BASELINE_RUN``);
     07 reads the whole folder (``DMNT_RUNS``). Paths are absolute (notebooks run in their folder).
 
     Raises:
@@ -77,6 +77,8 @@ def runs_env(runs) -> dict[str, str]:
     for path in needed:
         if not path.is_file():
             raise FileNotFoundError(f"runs: {path} not found (is {runs} a finished `reproduce` folder?)")
+    if (runs / "data" / "val").is_dir():  # DMNT's held-out check images (train --val-data), notebook 04
+        parts["DMNT_VAL_DATA"] = runs / "data" / "val"
     return {**{k: str(v) for k, v in parts.items()}, "DMNT_RUNS": str(runs)}
 
 

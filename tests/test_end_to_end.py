@@ -64,6 +64,14 @@ def test_reproduce_tiny_end_to_end(capsys):
     from dmnt_lib.reproduce.stages import finished_eval_name
 
     assert finished_eval_name(out) == found[("dmnt", "known")]  # what notebook 07 reads: this evaluation
+    assert finished_eval_name(out, "evaluate-dmnt-search") == found[("dmnt", "search")]
+    from dmnt_lib.figures.cli import load_evaluations, with_searched
+
+    ev = load_evaluations(out / "dmnt", out / "data/test", out / "baseline", eval_name=found[("dmnt", "known")])
+    rows, _ = with_searched(ev["results"], ev["evals"], out / "dmnt", out / "data/test", found[("dmnt", "search")])
+    assert list(rows) == ["DMNT, centre given", "DMNT, centre searched", "MT Mask R-CNN"]  # notebook 07's table
+    assert rows["DMNT, centre given"] is ev["results"]["DMNT"] and rows["DMNT, centre searched"]["config"]["center"] == "search"
+    assert with_searched(ev["results"], ev["evals"], out / "dmnt", out / "data/test")[0] is ev["results"]
     table = (figs / "results.md").read_text()
     assert "| L0 | DMNT, centre given |" in table and "| L0 | DMNT, centre searched |" in table
     assert finished_eval_name(out / "nowhere") is None

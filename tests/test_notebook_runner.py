@@ -70,6 +70,9 @@ def test_runs_env_points_the_notebooks_at_a_finished_reproduce_folder(tmp_path):
     assert env["DMNT_TRAIN_DATA"] == str((tmp_path / "data/train").resolve())
     assert env["DMNT_DATA"] == env["DMNT_TEST_DATA"] == str((tmp_path / "data/test").resolve())
     assert env["DMNT_BASELINE_RUN"] == str((tmp_path / "baseline").resolve()) and env["DMNT_RUNS"] == str(tmp_path.resolve())
+    assert "DMNT_VAL_DATA" not in env  # a run without a validation set of its own
+    (tmp_path / "data/val").mkdir()
+    assert runs_env(tmp_path)["DMNT_VAL_DATA"] == str((tmp_path / "data/val").resolve())
     (tmp_path / "manifest/baseline.json").unlink()  # an unfinished baseline (run.json is written first): refused
     with pytest.raises(FileNotFoundError, match="manifest/baseline.json"):
         runs_env(tmp_path)

@@ -337,6 +337,7 @@ def test_every_stage_command_line_is_accepted(name, nemo_tree, tmp_path, monkeyp
         assert "--stock" in calls[2] and calls[2][calls[2].index("--backbone") + 1] == "resnet50"
         assert "arch=resnet50" in calls[1] and "stride=8" in calls[1]
     assert "--weights" not in calls[1] and "--weights" not in calls[2]  # from scratch unless asked
+    assert "--no-augment" in calls[2]  # neither learner augments (the full synthetic run's fair comparison)
     calls.clear()
     config["weights"] = "w.pt"  # ImageNet weights go to both backbones
     for s in p3d.build_pascal3d_stages(tmp_path, config, nemo_tree, device="cuda:1")[3:5]:

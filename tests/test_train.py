@@ -13,7 +13,8 @@ import torch
 from dmnt_lib.model import DMNT, ModelConfig
 from dmnt_lib.model.dmnt import load_deformables
 from dmnt_lib.model.train import (FragmentCache, TrainConfig, augment_image, augmentation, clutter_loss,
-                                  evaluate_correspondence, final_line, split_indices, train)
+                                  evaluate_correspondence, final_line, held_out_split, split_indices,
+                                  train)
 
 ROOT = Path(__file__).resolve().parent.parent
 CATS = ("car", "chair")
@@ -318,6 +319,15 @@ def test_val_data_holds_out_another_folder(tiny, tmp_path):
     assert len(res["history"]) == 20 // cfg.batch_size  # all 10 images per category train
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["val_images"] == 2 * len(CATS)
     assert res["trained"]["images"] == 2 * len(CATS)
+    # held_out_split (what notebook 04 shows) gives exactly the images this run trained on and checked
+    from dmnt_lib.data import PoseDataset
+
+    _, extra = DMNT.load(tmp_path / "run" / "checkpoint.pt", return_extra=True)
+    ds = PoseDataset(data, levels=(0,))
+    train_idx, val_set, val_idx = held_out_split(ds, list(CATS), cfg, extra["val_data"])
+    assert train_idx == extra["split"]["train"] and val_idx == extra["split"]["val"] and len(val_idx) == 2 * len(CATS)
+    assert Path(val_set.source.root).resolve() == (tmp_path / "val").resolve()
+    assert held_out_split(ds, list(CATS), cfg)[1] is ds  # without val_data the check images come from data
     with pytest.raises(FileNotFoundError, match="val_data"):
         train(data, deform, tmp_path / "run2", cfg, ModelConfig(**TINY_MODEL), progress=False, echo=lambda *_: None,
               val_data=tmp_path / "nope")

@@ -5,11 +5,11 @@ R-CNN run (written by ``evaluate``) and the test images, and writes into ``--out
 
 ================================  =========================================================
 ``training_loss.png``             Fig. 3, drawn by the model package (when it provides it)
-``fig4_categories.png``           Fig. 4: one L0 image per category
-``fig5_occluded.png``             Fig. 5: the same objects at L1-L3
+``fig4_categories.png``           Fig. 4: one L0 image per category (its best correct prediction)
+``fig5_occluded.png``             Fig. 5: one image per category and level L1-L3 (the same rule)
 ``fig5_comparison.png``           DMNT beside MT Mask R-CNN on the same occluded images
 ``fig6_failures.png``             Fig. 6: failure cases by the rule of ``figures.records``, captioned with their cause (``diagnose``)
-``results.md``, ``results.png``   the L0-L3 table of both methods; each metric vs level
+``results.md``, ``results.png``   the L0-L3 table of both methods (and DMNT with the centre searched); each metric vs level
 ================================  =========================================================
 
 Drawing needs each shown image's predicted pose and amodal mask. When ``predictions.jsonl``
@@ -115,6 +115,18 @@ def searched_results(run_dir, name: str, data, reference: dict) -> tuple[Path, d
     return d, res
 
 
+def with_searched(results: dict, evals: dict, run_dir, data, search_eval_name=None) -> tuple[dict, dict]:
+    """``(results, evals)`` for the table: with ``search_eval_name`` (an evaluation of the DMNT run with the object
+    centre searched) the ``"DMNT"`` entry becomes ``GIVEN`` followed by ``SEARCHED``, the other methods after
+    them; without it both dicts come back unchanged."""
+    if search_eval_name is None:
+        return results, evals
+    d, searched = searched_results(run_dir, search_eval_name, data, results["DMNT"])
+    rest = lambda m: {k: v for k, v in m.items() if k != "DMNT"}  # noqa: E731
+    return ({GIVEN: results["DMNT"], SEARCHED: searched, **rest(results)},
+            {GIVEN: evals["DMNT"], SEARCHED: d, **rest(evals)})
+
+
 def load_evaluations(run_dir, data, baseline_dir=None, eval_name=None) -> dict:
     """Everything the figures read: ``{"images": TestImages, "runs", "evals", "results", "records"}``,
     the last four keyed by method name (``"DMNT"``, ``"MT Mask R-CNN"``)."""
@@ -182,10 +194,7 @@ def make_figures(run_dir, data, out, baseline_dir=None, eval_name=None, n_failur
         causes = {r.key: failure_cause(kind, diags[r.key], diags[r.key]["occlusion_ratio"])
                   for kind, r in failures if r.key in diags}
     written.append(paper.figure6(dm, images, out / "fig6_failures.png", n_per_kind=n_failures, causes=causes))
-    if search_eval_name is not None:
-        d, searched = searched_results(run_dir, search_eval_name, data, results["DMNT"])
-        results = {GIVEN: results["DMNT"], SEARCHED: searched, **{k: v for k, v in results.items() if k != "DMNT"}}
-        evals = {GIVEN: evals["DMNT"], SEARCHED: d, **{k: v for k, v in evals.items() if k != "DMNT"}}
+    results, evals = with_searched(results, evals, run_dir, data, search_eval_name)
     md = "# DMNT vs multi-task Mask R-CNN per occlusion level\n\n" + paper.results_markdown(results) + "\n" + \
         "".join(f"- {k}: `{evals[k]}`\n" for k in evals)
     atomic_write_text(out / "results.md", md)

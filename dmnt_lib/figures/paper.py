@@ -1,8 +1,9 @@
 """The appendix's qualitative figures and the L0-L3 results table, drawn from evaluation records.
 
-* ``figure4``: one L0 test image per category — the image, the predicted pose as a shaded mesh
-  overlay, the predicted amodal mask's contour, the predicted class and the measured errors.
-* ``figure5``: the same objects at L1-L3 (one row per level).
+* ``figure4``: one L0 test image per category (``records.pick_successes``: its best correct prediction) —
+  the image, the predicted pose as a shaded mesh overlay, the predicted amodal mask's contour, the
+  predicted class and the measured errors.
+* ``figure5``: the same rule at each of L1-L3 (one row per level, one column per category).
 * ``comparison_figure``: the same occluded images, ground truth | DMNT | MT Mask R-CNN.
 * ``figure6``: failure cases chosen by ``records.select_failures`` (rule documented there).
 * ``results_markdown`` / ``results_plot``: the table of both methods per level and each metric

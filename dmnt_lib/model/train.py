@@ -47,13 +47,14 @@ from ..fileio import atomic_write_text
 from .dmnt import DMNT, ModelConfig, load_deformables
 from .loss import SampleCounts, contrastive_loss, sample_groups
 
-__all__ = ["TrainConfig", "train", "train_step", "evaluate_correspondence", "split_indices", "FragmentCache", "final_line",
+__all__ = ["TrainConfig", "train", "train_step", "evaluate_correspondence", "split_indices", "held_out_split", "FragmentCache", "final_line",
            "augmentation", "augment_image", "clutter_loss", "LEGACY_OPTIONS"]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training options (defaults: the full run; ``quick()`` the 2-core preset).
+    """Training options (defaults: the paper-sized run, 20 epochs; the ``full`` preset of ``reproduce`` sets 10 epochs
+    and 64 x 64 textures; ``quick()`` the 2-core preset).
 
     Attributes:
         epochs, batch_size (global, divisible by the number of ranks), lr (Adam on the backbone).
@@ -498,6 +499,26 @@ def split_indices(dataset, categories, config: TrainConfig, need_train: bool = T
     return sorted(train_idx), sorted(val_idx)
 
 
+def held_out_split(dataset, categories, config: TrainConfig, val_data=None):
+    """``(train_idx, val_set, val_idx)``: the training images of ``dataset`` and the held-out images of the
+    final correspondence check, exactly as ``train`` chooses them. With ``val_data`` (a folder, ``train
+    --val-data``) every selected image of ``dataset`` trains and the check reads ``val_per_category`` L0
+    images per category of ``val_data``; without it both come from ``dataset`` (``split_indices``).
+
+    Raises:
+        FileNotFoundError: ``val_data`` is not a folder. ValueError: as ``split_indices``.
+    """
+    if val_data is None:
+        train_idx, val_idx = split_indices(dataset, categories, config)
+        return train_idx, dataset, val_idx
+    if not Path(val_data).is_dir():
+        raise FileNotFoundError(f"val_data folder not found: {val_data}")
+    val_set = PoseDataset(Path(val_data), categories=categories, levels=(0,))
+    train_idx, _ = split_indices(dataset, categories, dataclasses.replace(config, val_per_category=0))
+    _, val_idx = split_indices(val_set, categories, config, need_train=False)
+    return train_idx, val_set, val_idx
+
+
 def _check_cad_models(data_dir: Path, categories, names: dict) -> None:
     for c in categories:
         have = sorted(p.stem for p in (data_dir / "CAD" / c).glob("*.off"))
@@ -577,15 +598,7 @@ def train(data, deform, out, config: TrainConfig = TrainConfig(), model_config: 
     h, w = dataset[0]["image"].shape[-2:]
     if h % model.stride or w % model.stride:
         raise ValueError(f"image size {(h, w)} is not divisible by the stride {model.stride}")
-    if val_data is not None:
-        if not Path(val_data).is_dir():
-            raise FileNotFoundError(f"val_data folder not found: {val_data}")
-        val_set = PoseDataset(Path(val_data), categories=categories, levels=(0,))
-        train_idx, _ = split_indices(dataset, categories, dataclasses.replace(config, val_per_category=0))
-        _, val_idx = split_indices(val_set, categories, config, need_train=False)
-    else:
-        val_set = dataset
-        train_idx, val_idx = split_indices(dataset, categories, config)
+    train_idx, val_set, val_idx = held_out_split(dataset, categories, config, val_data)
     if len(train_idx) < config.batch_size:
         raise ValueError(f"only {len(train_idx)} training images for batch_size {config.batch_size}")
     sources = {"val_data": str(Path(val_data).resolve()) if val_data is not None else None,

@@ -89,8 +89,10 @@ PASCAL3D_PRESETS: dict[str, dict] = {
         # size is 64 (the full synthetic run's); 20 epochs, the training default (docs/design.md §8)
         "train": {"quick": False, "epochs": 20, "batch_size": 16,
                   "set": {"arch": "resnet50", "stride": 8, "texture_size": 64, "val_per_category": 20}},
-        # torchvision's Mask R-CNN ResNet-50-FPN as it comes (stock sizes), its usual 12 epochs
-        "baseline": {"quick": False, "epochs": 12, "batch_size": 8, "backbone": "resnet50", "stock": True},
+        # torchvision's Mask R-CNN ResNet-50-FPN as it comes (stock sizes), its usual 12 epochs; no
+        # augmentation, as DMNT (the fair comparison of the full synthetic run; docs/experiments.md T3-T4)
+        "baseline": {"quick": False, "epochs": 12, "batch_size": 8, "backbone": "resnet50", "stock": True,
+                     "augment": False},
         "evaluate": {"levels": [0, 1, 2, 3], "center": "known", "quick": False},
     },
     "pascal3d-cpu": {
@@ -99,8 +101,8 @@ PASCAL3D_PRESETS: dict[str, dict] = {
         "categories": ["aeroplane", "bottle", "car", "chair"], "image_size": 128, "weights": None,
         "train_data": {"per_category": 300, "seed": 0}, "test_data": {"per_category": 25, "seed": 0},
         "deform": {"quick": True, "seed": 0},
-        "train": {"quick": False, "epochs": 12, "batch_size": 16, "set": {"texture_size": 64, "val_per_category": 20}},
-        "baseline": {"quick": False, "epochs": 5},
+        "train": {"quick": False, "epochs": 10, "batch_size": 16, "set": {"texture_size": 64, "val_per_category": 20}},
+        "baseline": {"quick": False, "epochs": 7, "augment": False},
         "evaluate": {"levels": [0, 1, 2, 3], "center": "known", "quick": False},
     },
     "pascal3d-tiny": {
@@ -109,7 +111,7 @@ PASCAL3D_PRESETS: dict[str, dict] = {
         "train_data": {"per_category": 4, "seed": 0}, "test_data": {"per_category": 1, "seed": 0},
         "deform": {"quick": True, "steps": 2, "seed": 0},
         "train": {"quick": True, "epochs": 1, "batch_size": 4, "set": {"val_per_category": 1}},
-        "baseline": {"quick": True, "epochs": 1},
+        "baseline": {"quick": True, "epochs": 1, "augment": False},
         "evaluate": {"levels": [0, 1, 2, 3], "center": "known", "quick": True},
     },
 }
@@ -135,6 +137,7 @@ _P3D_FIELDS = {
     **{k: v for k, v in _FIELDS.items() if k.split(".")[0] in ("deform", "train")},
     "baseline.quick": _FIELDS["baseline.quick"],
     "baseline.epochs": _FIELDS["baseline.epochs"],
+    "baseline.augment": _FIELDS["baseline.augment"],
     "baseline.batch_size": (_positive_int, "a positive integer"),
     "baseline.backbone": (lambda v: v in _BACKBONES, f"one of {list(_BACKBONES)}"),
     "baseline.stock": (lambda v: isinstance(v, bool), "true or false"),
@@ -612,7 +615,7 @@ def build_pascal3d_stages(out, config: dict, pascal3d, figures_dir=None, device:
     base_argv = ["baseline", "train", "--data", train_dir, "--out", base_dir, "--categories", *cats,
                  "--per-category", n_train, *_opt("--epochs", b.get("epochs")), *_opt("--batch-size", b.get("batch_size")),
                  *_opt("--backbone", b.get("backbone")), *_flag("--stock", b.get("stock")), *_opt("--weights", weights),
-                 *_flag("--quick", b.get("quick")), "--device", device]
+                 *_flag("--quick", b.get("quick")), *_flag("--no-augment", b.get("augment") is False), "--device", device]
     stages.append(Stage("baseline", b, lambda: cli_call(base_argv + _resume(base_dir)),
                         outputs=[base_dir / "run.json"], inputs=["data-train"], clear=[base_dir]))
 

@@ -293,14 +293,15 @@ def build_stages(out, config: dict, figures_dir=None, device: str = "cpu") -> li
     return stages
 
 
-def finished_eval_name(out) -> str | None:
-    """The ``RUN/eval/<name>`` folder name the finished ``evaluate-dmnt`` stage of the ``reproduce``
-    folder ``out`` wrote (from its manifest), or None when that stage has not finished. Readers of a
+def finished_eval_name(out, stage: str = "evaluate-dmnt") -> str | None:
+    """The ``RUN/eval/<name>`` folder name the finished ``stage`` (``evaluate-dmnt``, ``evaluate-dmnt-search``,
+    ``evaluate-baseline``) of the ``reproduce`` folder ``out`` wrote (from its manifest), or None when that
+    stage has not finished (or the preset has no such stage). Readers of a
     reproduce folder (notebook 07) use it rather than "the newest evaluation", which another
     evaluation of the same run (notebook 06's, a user's) would change."""
     import json
 
-    path = Path(out) / "manifest" / "evaluate-dmnt.json"
+    path = Path(out) / "manifest" / f"{stage}.json"
     if not path.is_file():
         return None
     outputs = json.loads(path.read_text()).get("outputs", [])
