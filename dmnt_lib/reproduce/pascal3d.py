@@ -82,7 +82,7 @@ PASCAL3D_PRESETS: dict[str, dict] = {
     "pascal3d": {
         "categories": list(CATEGORIES), "image_size": 256, "weights": None,
         # every training object; 100 test objects per category and level (4800 images: DMNT's
-        # render-and-compare runs on the CPU, ~0.85 s per image at these 32 x 32 feature maps)
+        # render-and-compare runs on the CPU, ~0.5 s per image at these 32 x 32 feature maps)
         "train_data": {"per_category": None, "seed": 0}, "test_data": {"per_category": 100, "seed": 0},
         "deform": {"quick": False, "seed": 0},
         # ResNet-50 at stride 8, NeMo's backbone; 256 / 8 = 32 x 32 features, where the measured texture
