@@ -202,6 +202,15 @@ def test_figure_functions_panels_and_content(test_images, records, tmp_path):
     assert n_fail >= 3  # the synthetic noise at L2-L3 and the wrong classes make failures of every kind
     fig = paper.build_figure6(records, test_images, n_per_kind=2)
     assert paper.image_panels(fig) == n_fail
+    height = fig.get_size_inches()[1]
+    plt.close(fig)
+    # a two-clause cause: one caption line per clause, and the rows grow to hold them (no overlapping titles)
+    causes = {r.key: "features prefer this pose; clutter looks like objects" for _, r in select_failures(records, 2)}
+    fig = paper.build_figure6(records, test_images, n_per_kind=2, causes=causes)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles and all(t.endswith("features prefer this pose\nclutter looks like objects") for t in titles)
+    rows = len({k for k, _ in select_failures(records, 2)})
+    assert fig.get_size_inches()[1] == pytest.approx(height + 2 * 0.25 * rows)  # 4 caption lines instead of 2
     plt.close(fig)
     for name, path in [("fig4", paper.figure4(records, test_images, tmp_path / "f4.png")),
                        ("fig6", paper.figure6(records, test_images, tmp_path / "f6.png", n_per_kind=2))]:

@@ -165,10 +165,10 @@ def draw_panel(ax, record: Record, images: TestImages, meshes: dict | None = Non
     ax.set_yticks([])
 
 
-def _grid(plt, rows: int, cols: int, cell: float = 1.45):
-    # 0.5 in per row for the (two-line) panel titles: images keep their aspect, so tight_layout alone
-    # let a row's titles run over the row above.
-    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, (cell + 0.5) * rows + 0.5), squeeze=False)
+def _grid(plt, rows: int, cols: int, cell: float = 1.45, title_lines: int = 2):
+    # 0.25 in per line of the panel titles: images keep their aspect, so tight_layout alone let a row's
+    # titles run over the row above.
+    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, (cell + 0.25 * title_lines) * rows + 0.5), squeeze=False)
     return fig, axes
 
 
@@ -294,7 +294,8 @@ def _failure_caption(kind: str, r: Record, cause: str | None = None) -> str:
         what = f"pose: {r.pose_error_deg:.0f}° off"
     else:
         what = f"segm.: IoU {r.iou:.2f}"
-    return f"L{r.level} {r.category}\n{what}" + (f"\n{cause}" if cause else "")
+    # one line per clause of the cause: a panel is too narrow for "features say X; clutter looks like objects"
+    return f"L{r.level} {r.category}\n{what}" + ("\n" + cause.replace("; ", "\n") if cause else "")
 
 
 def build_figure6(records, images: TestImages, meshes=None, n_per_kind: int = 4, name: str = "DMNT", causes=None):
@@ -305,12 +306,12 @@ def build_figure6(records, images: TestImages, meshes=None, n_per_kind: int = 4,
     _need(chosen, "Fig. 6 (no record fails any rule)")
     kinds = [k for k in FAILURE_KINDS if any(kind == k for kind, _ in chosen)]
     cols = max(sum(1 for kind, _ in chosen if kind == k) for k in kinds)
-    fig, axes = _grid(plt, len(kinds), cols, cell=1.6)
+    captions = {r.key: _failure_caption(k, r, (causes or {}).get(r.key)) for k, r in chosen}
+    fig, axes = _grid(plt, len(kinds), cols, cell=1.6, title_lines=max(c.count("\n") + 1 for c in captions.values()))
     for i, k in enumerate(kinds):
         row = [r for kind, r in chosen if kind == k]
         for j, r in enumerate(row):
-            draw_panel(axes[i, j], r, images, meshes, label=k if j == 0 else None,
-                       caption=_failure_caption(k, r, (causes or {}).get(r.key)))
+            draw_panel(axes[i, j], r, images, meshes, label=k if j == 0 else None, caption=captions[r.key])
         for ax in axes[i, len(row):]:
             ax.axis("off")
     _title(fig, f"{name} failure cases (rule: wrong class, then pose error ≥ 30° worst first, "
