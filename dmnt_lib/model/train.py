@@ -513,6 +513,8 @@ def held_out_split(dataset, categories, config: TrainConfig, val_data=None):
         return train_idx, dataset, val_idx
     if not Path(val_data).is_dir():
         raise FileNotFoundError(f"val_data folder not found: {val_data}")
+    from ..data import PoseDataset
+
     val_set = PoseDataset(Path(val_data), categories=categories, levels=(0,))
     train_idx, _ = split_indices(dataset, categories, dataclasses.replace(config, val_per_category=0))
     _, val_idx = split_indices(val_set, categories, config, need_train=False)
