@@ -126,7 +126,8 @@ def test_every_stage_command_line_is_accepted(name, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(real_stages, "cli_call", lambda argv: calls.append([str(a) for a in argv]))
     stages = real_stages.build_stages(tmp_path, real_stages.preset(name))
-    searched = real_stages.preset(name)["evaluate"]["search"]
+    searched = real_stages.preset(name)["evaluate"].get("search", False)
+    assert searched == (name != "full")  # the full preset leaves the 2.8-hour searched evaluation out
     assert [s.name for s in stages] == ["data-train", "data-test", "data-val", "deform", "train", "baseline", "evaluate-dmnt",
                                         *(["evaluate-dmnt-search"] if searched else []), "evaluate-baseline", "figures"]
     for s in stages[:-1]:

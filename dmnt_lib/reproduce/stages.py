@@ -53,8 +53,8 @@ PRESETS: dict[str, dict] = {
         # times there): both learners train on the same 340 images per category with the same augmentations
         # (none: on the validation set flips and colour jitter cost DMNT 0.04 texel correspondence and 14 points
         # of class at this budget, docs/experiments.md T4, so the baseline trains without them too) and the same
-        # wall-clock budget, ~47 min each: DMNT 10 epochs (~14.5 images/s), the baseline the 7 epochs that fit
-        # (~10.6 images/s).
+        # wall-clock budget: DMNT 10 epochs (measured 46 min, ~14.8 images/s), the baseline 7 epochs (measured
+        # 52 min, 8.4-10.2 images/s; 2026-12-06).
         # DMNT's held-out correspondence check reads a validation set of its own (val_data, seed 2, the seed
         # the inference defaults were chosen on), so it takes no training image away. DMNT is evaluated with
         # the object centre given (`--center known`, NeMo's protocol); 20 test images per category and level.
